@@ -1,0 +1,85 @@
+"""The narrow contract between the core and a platform adapter.
+
+An adapter is one package behind `Adapter` (start / stop / send). It reaches the runtime only
+through `AdapterHost`, so it never imports the bus, the journal or the HTTP server directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from gateway.messages import InboundMessage, OutboundMessage
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """What the platform said about a delivered message (its id, if it gave one)."""
+
+    platform_msg_id: str = ""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Outcome of handing one inbound message to the runtime.
+
+    `accepted` means it is durably journaled (safe to ack); `duplicate` means it was journaled
+    before (a platform retry), which is also safe to ack and starts no second turn.
+    """
+
+    inbound_id: int
+    duplicate: bool
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdapterHost(Protocol):
+    """Capabilities the runtime lends to an adapter."""
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The shared outbound HTTP client session."""
+        ...
+
+    async def publish(self, msg: InboundMessage) -> PublishResult:
+        """Journal `msg` durably (deduplicated) and schedule its turn; raises BackpressureError when full."""
+        ...
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """Mount an HTTP route on the gateway's server (only before the server starts)."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run `coro` as a tracked task that is cancelled and awaited on shutdown."""
+        ...
+
+    def is_accepting(self) -> bool:
+        """False while draining for shutdown or saturated: adapters should answer 503 then."""
+        ...
+
+
+class Adapter(Protocol):
+    """One platform connection (possibly several bots of that platform)."""
+
+    name: str
+
+    async def start(self, host: AdapterHost) -> None:
+        """Register routes / open connections. Must not block on long-running loops: spawn them."""
+        ...
+
+    async def stop(self) -> None:
+        """Close connections; in-flight work is finished or left journaled for the next start."""
+        ...
+
+    async def send(self, msg: OutboundMessage) -> SendReceipt:
+        """Deliver one reply; raise a `gateway.errors.SendError` subclass on failure."""
+        ...
+
+    def is_connected(self) -> bool:
+        """Readiness: True when the adapter can receive and send."""
+        ...
