@@ -1,13 +1,70 @@
-"""Command line entry point (placeholder until the CLI lands)."""
+"""`switchboard` command line. Heavy modules are imported inside commands so `--help` is instant."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version() -> str:
+    try:
+        return version("switchboard")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Self-improving LLM agent gateway for IM."
+    )
+    parser.add_argument("--version", action="version", version=f"switchboard {_version()}")
+    parser.add_argument(
+        "--config", help="YAML config file (default: $SWITCHBOARD_CONFIG or ./switchboard.yaml)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="run the gateway service (HTTP webhooks, adapters, workers)")
+    sub.add_parser("chat", help="chat with the agent in this terminal through the full pipeline")
+    doctor = sub.add_parser("doctor", help="check configuration, storage, LLM and adapters")
+    doctor.add_argument("--no-llm-call", action="store_true", help="skip the 1-token LLM call")
+    config = sub.add_parser("config", help="configuration helpers")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    config_sub.add_parser("schema", help="print the JSON Schema of the config file")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the `switchboard` command."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--version"]:
-        print("switchboard 0.1.0")
+    """Entry point of the `switchboard` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from gateway.errors import ConfigError
+
+    try:
+        if args.command == "serve":
+            from gateway.run import serve
+
+            return asyncio.run(serve(args.config))
+        if args.command == "chat":
+            from gateway.run import chat
+
+            return asyncio.run(chat(args.config))
+        if args.command == "doctor":
+            from gateway.doctor import run_doctor
+
+            return asyncio.run(run_doctor(args.config, llm_call=not args.no_llm_call))
+        if args.command == "config":
+            if args.config_command != "schema":
+                parser.parse_args(["config", "--help"])
+            from gateway.run import print_schema
+
+            return print_schema()
+    except ConfigError as exc:
+        print(f"switchboard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0

@@ -1,0 +1,110 @@
+"""Console adapter: each stdin line is an inbound message, replies are printed.
+
+It goes through the same journal, bus, turn and outbox as every platform, so `switchboard chat`
+exercises the production pipeline. End of input ends the chat once every reply is out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TextIO
+
+from pydantic import BaseModel, ConfigDict
+
+from adapters.base import AdapterHost, SendReceipt
+from gateway.messages import ChatKind, InboundMessage, OutboundMessage
+
+LineReader = Callable[[], Awaitable[str | None]]
+
+
+class ConsoleConfig(BaseModel):
+    """`enabled`: read stdin (serve only does so when stdin is a terminal)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    user_id: str = ""
+    bot_id: str = "console"
+
+
+async def _stdin_line() -> str | None:
+    line = await asyncio.to_thread(sys.stdin.readline)
+    return line if line else None
+
+
+class ConsoleAdapter:
+    """Stdin/stdout chat as one direct conversation."""
+
+    name = "console"
+
+    def __init__(
+        self,
+        config: ConsoleConfig,
+        *,
+        user_id: str,
+        read_line: LineReader = _stdin_line,
+        out: TextIO | None = None,
+        interactive: bool | None = None,
+    ) -> None:
+        self._config = config
+        self._user_id = user_id
+        self._read_line = read_line
+        self._out = out or sys.stdout
+        self._interactive = sys.stdin.isatty() if interactive is None else interactive
+        self._run_id = uuid.uuid4().hex[:12]
+        self._count = 0
+        self.input_closed = asyncio.Event()
+        self.sent: list[OutboundMessage] = []
+        self._started = False
+
+    def is_connected(self) -> bool:
+        """Ready once started."""
+        return self._started
+
+    async def start(self, host: AdapterHost) -> None:
+        """Begin reading input in a tracked task."""
+        self._started = True
+        host.spawn(self._read_loop(host), name="console-reader")
+
+    async def stop(self) -> None:
+        """Nothing to close: the reader task is cancelled by the host."""
+        self._started = False
+
+    async def send(self, msg: OutboundMessage) -> SendReceipt:
+        """Print the reply."""
+        self.sent.append(msg)
+        self._out.write(f"\nbot> {msg.text}\n")
+        if self._interactive:
+            self._out.write("you> ")
+        self._out.flush()
+        return SendReceipt(platform_msg_id=msg.idempotency_key)
+
+    async def _read_loop(self, host: AdapterHost) -> None:
+        if self._interactive:
+            self._out.write("Switchboard chat. Type a message; Ctrl-D to quit.\nyou> ")
+            self._out.flush()
+        try:
+            while (line := await self._read_line()) is not None:
+                text = line.strip()
+                if not text:
+                    continue
+                if text in ("/quit", "/exit"):
+                    break
+                self._count += 1
+                await host.publish(
+                    InboundMessage(
+                        platform="console",
+                        bot_id=self._config.bot_id,
+                        platform_msg_id=f"{self._run_id}-{self._count}",
+                        chat_id=self._user_id,
+                        chat_kind=ChatKind.DIRECT,
+                        sender_id=self._user_id,
+                        sender_name=self._user_id,
+                        text=text,
+                    )
+                )
+        finally:
+            self.input_closed.set()

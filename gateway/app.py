@@ -1,0 +1,247 @@
+"""Composition root: builds every component from Settings and runs them; no globals elsewhere.
+
+Start order: database (migrations) -> stores -> LLM -> bus/turns/sender -> adapters (routes)
+-> HTTP server -> resume journaled work. Stop order is the reverse, with a drain first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+import adapters as adapter_registry
+from adapters.base import Adapter
+from agent_core.chat import ChatAgent
+from agent_core.llm import LiteLLMClient, LLMClient
+from gateway.bus import SessionBus
+from gateway.config import Settings
+from gateway.host import RuntimeHost
+from gateway.http import build_app
+from gateway.looplag import monitor_event_loop_lag
+from gateway.metrics import Metrics
+from gateway.sender import OutboxSender, SenderSettings
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.sqlite_db import SqliteDatabase
+from gateway.store.sqlite_journal import SqliteJournal
+from gateway.store.sqlite_ledger import SqliteTurnLedger
+from gateway.store.sqlite_outbox import SqliteOutbox
+from gateway.tasks import TaskTracker
+from gateway.turns import TurnRunner, TurnSettings
+from sessions.manager import SessionManager
+from sessions.store import SqliteSessionStore
+
+log = logging.getLogger(__name__)
+
+
+def build_adapters(settings: Settings, env: Mapping[str, str]) -> dict[str, Adapter]:
+    """Instantiate every enabled adapter from its config section."""
+    built: dict[str, Adapter] = {}
+    for name, raw in settings.adapters.items():
+        if not raw.get("enabled", False):
+            continue
+        module = adapter_registry.load(name)
+        built[name] = module.create(raw, env)
+    return built
+
+
+def build_llm(settings: Settings, env: Mapping[str, str]) -> LiteLLMClient:
+    """The LLM client for the configured profiles."""
+    return LiteLLMClient(settings.llm.profiles, settings.llm.default, env)
+
+
+class Runtime:
+    """One running gateway."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: Mapping[str, str],
+        *,
+        adapters: Mapping[str, Adapter] | None = None,
+        llm: LLMClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.tasks = TaskTracker()
+        self.db = SqliteDatabase(
+            settings.database_path,
+            synchronous=settings.storage.synchronous,
+            on_batch=self.metrics.journal_batch_size.observe,
+        )
+        self.journal = SqliteJournal(self.db)
+        self.outbox = SqliteOutbox(self.db)
+        self.session_store = SqliteSessionStore(self.db)
+        self.sessions = SessionManager(
+            self.session_store,
+            history_limit=settings.sessions.history_messages,
+            idle_seconds=settings.sessions.idle_evict_seconds,
+            max_cached=settings.sessions.max_cached,
+        )
+        self.llm: LLMClient = llm if llm is not None else build_llm(settings, env)
+        self.adapters: dict[str, Adapter] = (
+            dict(adapters) if adapters is not None else build_adapters(settings, env)
+        )
+        self.sender = OutboxSender(
+            self.outbox,
+            self.adapters,
+            self.metrics,
+            SenderSettings(
+                base_backoff=settings.outbox.base_backoff,
+                max_backoff=settings.outbox.max_backoff,
+                send_timeout=settings.outbox.send_timeout,
+                max_in_flight=settings.outbox.max_in_flight,
+            ),
+        )
+        self.turns = TurnRunner(
+            journal=self.journal,
+            ledger=SqliteTurnLedger(self.db),
+            sessions=self.sessions,
+            agent=ChatAgent(self.llm, system_prompt=settings.llm.system_prompt),
+            metrics=self.metrics,
+            settings=TurnSettings(
+                max_attempts=settings.bus.max_attempts,
+                reply_deadline_seconds=settings.outbox.deadline_seconds,
+            ),
+            on_replies_queued=self.sender.wake,
+        )
+        self.bus = SessionBus(
+            self.turns,
+            self.tasks.spawn,
+            max_concurrency=settings.bus.max_concurrency,
+            max_backlog=settings.bus.max_backlog,
+            mode=settings.bus.pending_mode,
+        )
+        self._accepting = False
+        self._stop = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Open storage, start adapters and the server, then resume unfinished turns."""
+        await self.db.open(MIGRATIONS)
+        self._http = aiohttp.ClientSession()
+        host = RuntimeHost(
+            journal=self.journal,
+            bus=self.bus,
+            metrics=self.metrics,
+            tasks=self.tasks,
+            http=self._http,
+            group_scope=self.settings.sessions.group_scope,
+            accepting=lambda: self._accepting,
+        )
+        self.tasks.spawn(self.sender.run(self._stop), "outbox-sender")
+        self.tasks.spawn(
+            monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag"
+        )
+        self.tasks.spawn(self._housekeeping(), "housekeeping")
+        warm_up = getattr(self.llm, "warm_up", None)
+        if warm_up is not None and self.llm.is_configured():
+            self.tasks.spawn(warm_up(), "llm-warm-up")
+        resumed = await self._resume()
+        self._accepting = True
+        for adapter in self.adapters.values():
+            await adapter.start(host)
+        if self.settings.server.enabled:
+            await self._start_server(host)
+        log.info("switchboard started: adapters=%s resumed=%d", sorted(self.adapters), resumed)
+
+    async def _start_server(self, host: RuntimeHost) -> None:
+        app = build_app(
+            host.routes,
+            readiness=self.readiness,
+            render_metrics=self.render_metrics,
+            max_body_bytes=self.settings.server.max_body_bytes,
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.server.port
+        log.info("listening on http://%s:%s", self.settings.server.host, self.port)
+
+    async def _resume(self) -> int:
+        """Re-queue journaled messages whose turn never completed (after a crash)."""
+        pending = await self.journal.pending()
+        for entry in pending:
+            self.bus.submit(entry.session_key, entry.inbound_id)
+        if pending:
+            log.info("resuming %d journaled messages", len(pending))
+        self.sender.wake()
+        return len(pending)
+
+    async def readiness(self) -> dict[str, bool]:
+        """DB writable, adapters connected, not draining."""
+        try:
+            await asyncio.wait_for(self.db.write(lambda conn: conn.execute("SELECT 1").fetchone()), 5)
+            db_ok = True
+        except Exception:
+            db_ok = False
+        checks = {"database": db_ok, "accepting": self._accepting}
+        for name, adapter in self.adapters.items():
+            checks[f"adapter:{name}"] = adapter.is_connected()
+        return checks
+
+    async def refresh_gauges(self) -> None:
+        """Update gauges that are read from state rather than counted."""
+        stats = await self.outbox.stats()
+        self.metrics.outbox_pending.set(stats.pending)
+        self.metrics.outbox_dead.set(stats.dead)
+        self.metrics.queue_depth.set(self.bus.backlog - self.bus.running)
+        self.metrics.turns_running.set(self.bus.running)
+        for name, adapter in self.adapters.items():
+            self.metrics.adapter_connected.labels(adapter=name).set(1 if adapter.is_connected() else 0)
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        """Prometheus exposition."""
+        await self.refresh_gauges()
+        return self.metrics.render()
+
+    async def _housekeeping(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), 30)
+            except TimeoutError:
+                self.sessions.evict_idle()
+                await self.refresh_gauges()
+
+    async def wait_quiet(self, within: float) -> bool:
+        """Wait until no turn is queued or running and nothing is due in the outbox."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            await asyncio.wait_for(self.bus.wait_idle(), max(0.01, deadline - time.monotonic()))
+            next_due = await self.outbox.next_due_at()
+            if self.sender.in_flight == 0 and (next_due is None or next_due > time.time() + 1):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self) -> None:
+        """Drain: refuse new work, let running turns and due replies finish, then close everything."""
+        self._accepting = False
+        drain = self.settings.server.drain_seconds
+        try:
+            quiet = await self.wait_quiet(drain)
+        except TimeoutError:
+            quiet = False
+        if not quiet:
+            log.warning(
+                "drain deadline (%.0fs) passed; unfinished work stays journaled for the next start", drain
+            )
+        self._stop.set()
+        for adapter in self.adapters.values():
+            await adapter.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.tasks.cancel_all()
+        if self._http is not None:
+            await self._http.close()
+        await self.db.close()
+        log.info("switchboard stopped")

@@ -1,0 +1,127 @@
+"""`switchboard doctor`: checks everything an operator would otherwise debug by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.config import Settings, config_path, env_snapshot, load_settings
+from gateway.errors import ConfigError, GatewayError
+
+Status = Literal["ok", "warn", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report."""
+
+    status: Status
+    name: str
+    detail: str
+
+
+def check_sqlite_vec() -> Check:
+    """sqlite-vec needs a SQLite build that can load extensions (the stdlib one here often cannot)."""
+    try:
+        import sqlite_vec
+
+        try:
+            import pysqlite3.dbapi2 as driver
+        except ImportError:
+            driver = sqlite3
+        conn = driver.connect(":memory:")
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        vec_version = conn.execute("select vec_version()").fetchone()[0]
+        conn.close()
+    except Exception as exc:
+        return Check("FAIL", "sqlite-vec", f"cannot load on this Python: {type(exc).__name__}: {exc}")
+    return Check("ok", "sqlite-vec", f"loadable ({vec_version}, via {driver.__name__})")
+
+
+async def check_storage(settings: Settings) -> tuple[list[Check], int]:
+    """Open the database (applying migrations), prove it is writable, report dead letters."""
+    from gateway.store.migrations import MIGRATIONS
+    from gateway.store.sqlite_db import SqliteDatabase
+    from gateway.store.sqlite_outbox import SqliteOutbox
+
+    db = SqliteDatabase(settings.database_path, synchronous=settings.storage.synchronous)
+    try:
+        await db.open(MIGRATIONS)
+        await db.write(lambda conn: conn.execute("CREATE TEMP TABLE IF NOT EXISTS _doctor (x)"))
+        outbox = SqliteOutbox(db)
+        stats = await outbox.stats()
+        letters = await outbox.dead_letters(5)
+    except Exception as exc:
+        return [Check("FAIL", "database", f"{settings.database_path}: {exc}")], 0
+    finally:
+        await db.close()
+    checks = [Check("ok", "database", f"{settings.database_path} writable; {stats.pending} replies pending")]
+    if stats.dead:
+        detail = "; ".join(f"{d.idempotency_key} ({d.platform}): {d.reason}" for d in letters)
+        checks.append(Check("warn", "dead letters", f"{stats.dead} undeliverable replies. Latest: {detail}"))
+    else:
+        checks.append(Check("ok", "dead letters", "none"))
+    return checks, stats.dead
+
+
+async def check_llm(settings: Settings, env: dict[str, str], call: bool) -> Check:
+    """Configured, and answering a 1-token request."""
+    from gateway.app import build_llm
+
+    llm = build_llm(settings, env)
+    if not llm.is_configured():
+        profile = settings.llm.profiles.get(settings.llm.default)
+        need = f"set ${profile.api_key_env}" if profile and profile.api_key_env else "add the profile"
+        return Check("FAIL", "llm", f"not configured ({llm.describe()}): {need}, or set llm.profiles")
+    if not call:
+        return Check("ok", "llm", f"configured: {llm.describe()} (not called)")
+    try:
+        model = await asyncio.wait_for(llm.ping(), timeout=60)
+    except GatewayError as exc:
+        return Check("FAIL", "llm", f"{llm.describe()}: {exc}")
+    except Exception as exc:
+        return Check("FAIL", "llm", f"{llm.describe()}: {getattr(exc, 'user_message', type(exc).__name__)}")
+    return Check("ok", "llm", f"{llm.describe()} answered ({model})")
+
+
+def check_adapters(settings: Settings, env: dict[str, str]) -> list[Check]:
+    """Every enabled adapter builds from its config with its credentials present."""
+    import adapters as registry
+
+    checks: list[Check] = []
+    for name, raw in settings.adapters.items():
+        if not raw.get("enabled", False):
+            continue
+        try:
+            registry.load(name).create(raw, env)
+        except (ConfigError, KeyError) as exc:
+            checks.append(Check("FAIL", f"adapter {name}", str(exc)))
+            continue
+        checks.append(Check("ok", f"adapter {name}", "configured, credentials present"))
+    return checks
+
+
+async def run_doctor(config: str | None, *, llm_call: bool = True) -> int:
+    """Print every check; exit status 1 when any failed."""
+    env = env_snapshot()
+    path = config_path(config, env)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"FAIL  config: {exc}")
+        return 1
+    checks = [Check("ok", "config", f"{path or 'built-in defaults'} is valid")]
+    storage_checks, _ = await check_storage(settings)
+    checks += storage_checks
+    checks.append(check_sqlite_vec())
+    checks.append(await check_llm(settings, env, llm_call))
+    checks += check_adapters(settings, env)
+    for c in checks:
+        print(f"{c.status:<4}  {c.name}: {c.detail}")
+    failed = [c for c in checks if c.status == "FAIL"]
+    print(f"\n{len(checks) - len(failed)} ok, {len(failed)} failed")
+    return 1 if failed else 0

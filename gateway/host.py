@@ -1,0 +1,73 @@
+"""The AdapterHost the runtime lends to adapters: journal-first publish, routes, tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+
+from adapters.base import Handler, PublishResult
+from gateway.bus import SessionBus
+from gateway.errors import BackpressureError
+from gateway.messages import InboundMessage, SessionScope, session_key_for
+from gateway.metrics import Metrics
+from gateway.store.interfaces import Journal
+from gateway.tasks import TaskTracker
+
+
+class RuntimeHost:
+    """Implements adapters.base.AdapterHost."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        bus: SessionBus,
+        metrics: Metrics,
+        tasks: TaskTracker,
+        http: aiohttp.ClientSession,
+        group_scope: SessionScope,
+        accepting: Callable[[], bool],
+    ) -> None:
+        self._journal = journal
+        self._bus = bus
+        self._metrics = metrics
+        self._tasks = tasks
+        self._http = http
+        self._group_scope = group_scope
+        self._accepting = accepting
+        self.routes: list[tuple[str, str, Handler]] = []
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """Shared outbound HTTP session."""
+        return self._http
+
+    def is_accepting(self) -> bool:
+        """False while draining or when the backlog is full."""
+        return self._accepting() and self._bus.has_capacity()
+
+    async def publish(self, msg: InboundMessage) -> PublishResult:
+        """Journal first (durable, deduplicated), then schedule the turn; only then may the caller ack."""
+        if not self.is_accepting():
+            self._metrics.rejected_total.labels(platform=msg.platform, reason="backpressure").inc()
+            raise BackpressureError("gateway is saturated or shutting down; retry later")
+        if not msg.gateway_id:
+            msg = msg.model_copy(update={"gateway_id": f"{msg.platform}/{msg.bot_id}/{msg.platform_msg_id}"})
+        key = session_key_for(msg, self._group_scope)
+        result = await self._journal.append(msg, key)
+        if result.duplicate:
+            self._metrics.dedup_hits_total.labels(platform=msg.platform).inc()
+        else:
+            self._metrics.inbound_total.labels(platform=msg.platform).inc()
+            self._bus.submit(key, result.inbound_id)
+        return PublishResult(inbound_id=result.inbound_id, duplicate=result.duplicate)
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """Record a route; the server mounts them all when it starts."""
+        self.routes.append((method, path, handler))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run a tracked task."""
+        self._tasks.spawn(coro, name)

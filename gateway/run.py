@@ -1,0 +1,119 @@
+"""Process-level entry points behind the CLI: serve, chat, config schema."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import adapters as adapter_registry
+from adapters.console import ConsoleAdapter
+from gateway.app import Runtime
+from gateway.config import Settings, config_path, env_snapshot, json_schema, load_settings
+from gateway.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+NO_LLM_HINT = (
+    "No LLM is configured yet, so the agent cannot answer. Set the API key environment variable named by "
+    "llm.profiles.<name>.api_key_env (default OPENAI_API_KEY), or point llm.profiles.default.api_base at an "
+    "OpenAI-compatible server, then restart. `switchboard doctor` shows what is missing."
+)
+
+
+def _secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    names = [p.api_key_env for p in settings.llm.profiles.values() if p.api_key_env]
+    for section in settings.adapters.values():
+        names += _secret_env_names(section)
+    return [env[n] for n in names if env.get(n)]
+
+
+def _secret_env_names(section: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(section, dict):
+        for key, value in section.items():
+            if key.endswith("_env") and isinstance(value, str):
+                found.append(value)
+            else:
+                found += _secret_env_names(value)
+    return found
+
+
+def prepare(config: str | None) -> tuple[Settings, dict[str, str]]:
+    """Load settings and set up logging with the configured secrets redacted."""
+    env = env_snapshot()
+    settings = load_settings(config_path(config, env))
+    setup_logging(
+        level=settings.logging.level,
+        json_format=settings.logging.json_format,
+        secrets=_secrets(settings, env),
+    )
+    return settings, env
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(config: str | None) -> int:
+    """Run the service until SIGTERM/SIGINT, then drain."""
+    settings, env = prepare(config)
+    console_raw = settings.adapters.get("console", {})
+    if sys.stdin.isatty() and console_raw.get("enabled", True):
+        settings.adapters["console"] = {**console_raw, "enabled": True}
+    else:
+        settings.adapters["console"] = {**console_raw, "enabled": False}
+    runtime = Runtime(settings, env)
+    if not runtime.llm.is_configured():
+        log.warning(NO_LLM_HINT)
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    await runtime.start()
+    print(
+        f"switchboard {os.environ.get('SWITCHBOARD_INSTANCE', '')}ready on port {runtime.port}".strip(),
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+    log.info("stopping: draining for up to %.0fs", settings.server.drain_seconds)
+    await runtime.stop()
+    return 0
+
+
+async def chat(config: str | None) -> int:
+    """Terminal chat through the full pipeline (journal, bus, turn, outbox); no HTTP server."""
+    settings, env = prepare(config)
+    settings.server.enabled = False
+    for section in settings.adapters.values():
+        section["enabled"] = False
+    console = adapter_registry.load("console").create(settings.adapters.get("console", {}), env)
+    assert isinstance(console, ConsoleAdapter)
+    runtime = Runtime(settings, env, adapters={"console": console})
+    if not runtime.llm.is_configured():
+        print(NO_LLM_HINT, file=sys.stderr)
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    await runtime.start()
+    closed = asyncio.create_task(console.input_closed.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+    closed.cancel()
+    stopped.cancel()
+    await runtime.stop()
+    return 0
+
+
+def print_schema() -> int:
+    """Print the JSON Schema of the config, including every registered adapter's section."""
+    schemas = {
+        name: adapter_registry.load(name).CONFIG_MODEL.model_json_schema()
+        for name in adapter_registry.REGISTRY
+    }
+    print(json_schema(schemas))
+    return 0

@@ -1,0 +1,173 @@
+"""Delivers outbox rows through their adapters: retries, backoff, Retry-After, dead letters.
+
+At most one reply per chat lane is in flight, so a chat's replies arrive in order even when one
+of them needs retries. A reply is marked sent only after the platform accepted it; a crash in
+between re-sends it with the same idempotency key, which platforms (and our webhook peer) dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from adapters.base import Adapter
+from gateway.errors import PermanentSendError, RateLimited, SendError, TransientSendError
+from gateway.metrics import Metrics
+from gateway.store.interfaces import Outbox, OutboxItem
+from gateway.store.sqlite_outbox import lane_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Retry policy of the sender."""
+
+    base_backoff: float = 1.0
+    max_backoff: float = 300.0
+    send_timeout: float = 30.0
+    max_in_flight: int = 64
+    idle_poll: float = 5.0
+
+
+def backoff_delay(attempts: int, settings: SenderSettings, rng: random.Random) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, capped."""
+    ceiling = min(settings.max_backoff, settings.base_backoff * float(2 ** min(attempts, 30)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class OutboxSender:
+    """The sender worker."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        adapters: Mapping[str, Adapter],
+        metrics: Metrics,
+        settings: SenderSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._adapters = adapters
+        self._metrics = metrics
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """New replies were queued: look for due rows now instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries currently running."""
+        return len(self._in_flight)
+
+    async def run_once(self) -> int:
+        """Deliver everything due right now (one attempt each); returns how many attempts were made."""
+        items = await self._outbox.due(self._clock(), self._settings.max_in_flight)
+        await asyncio.gather(*(self._deliver(item) for item in items))
+        return len(items)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver continuously until `stop` is set; in-flight deliveries are finished first."""
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                started = self._start_due(await self._outbox.due(self._clock(), self._free_slots()))
+                if started:
+                    continue
+                await self._sleep_until_next(stop)
+        finally:
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    def _free_slots(self) -> int:
+        return self._settings.max_in_flight + len(self._in_flight)
+
+    def _start_due(self, items: list[OutboxItem]) -> int:
+        started = 0
+        for item in items:
+            lane = lane_of(item.message.target)
+            if lane in self._in_flight or len(self._in_flight) >= self._settings.max_in_flight:
+                continue
+            task = asyncio.create_task(self._deliver(item), name=f"send:{item.outbox_id}")
+            self._in_flight[lane] = task
+            task.add_done_callback(functools.partial(self._done, lane))
+            started += 1
+        return started
+
+    def _done(self, lane: str, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(lane, None)
+        self._wake.set()
+
+    async def _sleep_until_next(self, stop: asyncio.Event) -> None:
+        timeout = self._settings.idle_poll
+        if not self._in_flight:
+            next_at = await self._outbox.next_due_at()
+            if next_at is not None:
+                timeout = min(timeout, max(0.0, next_at - self._clock()))
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        msg = item.message
+        platform = msg.target.platform
+        adapter = self._adapters.get(platform)
+        if adapter is None:
+            await self._give_up(item, f"no adapter '{platform}' is enabled", "no_adapter")
+            return
+        try:
+            async with asyncio.timeout(self._settings.send_timeout):
+                receipt = await adapter.send(msg)
+        except PermanentSendError as exc:
+            await self._give_up(item, f"rejected: {exc}", exc.code or "permanent")
+        except SendError as exc:
+            await self._retry(item, exc)
+        except TimeoutError:
+            await self._retry(item, TransientSendError("send timed out", code="timeout"))
+        except Exception as exc:  # a bug in an adapter must not kill the worker; it is retried
+            log.exception("adapter %s raised unexpectedly", platform)
+            await self._retry(
+                item, TransientSendError(f"internal error: {type(exc).__name__}", code="internal")
+            )
+        else:
+            await self._outbox.mark_sent(item.outbox_id, receipt.platform_msg_id, self._clock())
+            self._metrics.sent_total.labels(platform=platform).inc()
+
+    async def _retry(self, item: OutboxItem, exc: SendError) -> None:
+        platform = item.message.target.platform
+        self._metrics.send_errors_total.labels(platform=platform, code=exc.code or "unknown").inc()
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            delay = max(0.0, exc.retry_after)
+        else:
+            delay = backoff_delay(item.attempts, self._settings, self._rng)
+        now = self._clock()
+        if now + delay > item.deadline_at:
+            await self._give_up(
+                item, f"deadline passed after {item.attempts + 1} attempts; last: {exc}", exc.code
+            )
+            return
+        log.info(
+            "send of %s failed (%s: %s); retry in %.1fs", item.message.idempotency_key, exc.code, exc, delay
+        )
+        await self._outbox.mark_retry(item.outbox_id, now + delay, exc.code, str(exc))
+
+    async def _give_up(self, item: OutboxItem, reason: str, code: str) -> None:
+        platform = item.message.target.platform
+        self._metrics.send_errors_total.labels(platform=platform, code=code or "unknown").inc()
+        log.error("dead letter %s: %s", item.message.idempotency_key, reason)
+        await self._outbox.mark_dead(item.outbox_id, reason, code, self._clock())

@@ -1,0 +1,1 @@
+"""Storage interfaces and the embedded SQLite implementation."""

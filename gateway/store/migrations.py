@@ -1,0 +1,95 @@
+"""Named, run-once storage migrations (append only: never edit a migration that has shipped)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gateway.store.sqlite_db import Migration, run_script
+
+
+def m001_journal(conn: sqlite3.Connection) -> None:
+    """Inbound journal: the unique key turns platform retries into no-ops."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE inbound (
+            id INTEGER PRIMARY KEY,
+            platform TEXT NOT NULL,
+            bot_id TEXT NOT NULL,
+            platform_msg_id TEXT NOT NULL,
+            session_key TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            done_at REAL,
+            UNIQUE (platform, bot_id, platform_msg_id)
+        );
+        CREATE INDEX inbound_pending ON inbound (id) WHERE status = 'pending';
+        """,
+    )
+
+
+def m002_outbox(conn: sqlite3.Connection) -> None:
+    """Outbox and dead letters: replies are rows before they are requests."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            lane TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            deadline_at REAL NOT NULL,
+            last_code TEXT NOT NULL DEFAULT '',
+            last_error TEXT NOT NULL DEFAULT '',
+            sent_at REAL,
+            receipt TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX outbox_pending ON outbox (lane, id) WHERE status = 'pending';
+        CREATE TABLE dead_letters (
+            outbox_id INTEGER PRIMARY KEY REFERENCES outbox (id),
+            idempotency_key TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            code TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            died_at REAL NOT NULL
+        );
+        """,
+    )
+
+
+def m003_sessions(conn: sqlite3.Connection) -> None:
+    """Per-session conversation history."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE sessions (
+            key TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            turns INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE session_messages (
+            id INTEGER PRIMARY KEY,
+            session_key TEXT NOT NULL REFERENCES sessions (key),
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX session_messages_by_key ON session_messages (session_key, id);
+        """,
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    ("001_journal", m001_journal),
+    ("002_outbox", m002_outbox),
+    ("003_sessions", m003_sessions),
+]

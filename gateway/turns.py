@@ -1,0 +1,135 @@
+"""Runs one turn for a session: journal entries in, replies queued in the outbox, atomically.
+
+Called by the bus with the session's lock held. The LLM may be called again if we crash before
+the turn commits, but nothing was visible then, so the user still sees exactly one answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from agent_core.chat import ChatAgent
+from agent_core.llm import ChatMessage
+from gateway.logs import with_correlation
+from gateway.messages import InboundMessage, MarkdownPart, OutboundMessage, SessionKey, reply_target
+from gateway.metrics import Metrics
+from gateway.store.interfaces import HistoryMessage, Journal, JournalEntry, TurnLedger, TurnRecord
+from sessions.manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+POISON_REPLY = (
+    "Sorry, I could not process this message (it failed repeatedly). The operators have been notified."
+)
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """Limits for a turn."""
+
+    max_attempts: int = 3
+    reply_deadline_seconds: float = 3600.0
+
+
+def user_text(msg: InboundMessage) -> str:
+    """What the model sees of one inbound message; the display name is marked as untrusted data."""
+    parts = [msg.text.strip()] if msg.text.strip() else []
+    parts += [f"[{a.kind} attachment: {a.name or a.ref}]" for a in msg.attachments]
+    body = "\n".join(parts) or "(empty message)"
+    if msg.chat_kind == "group":
+        name = msg.sender_name.replace("<", "").replace(">", "")[:64]
+        return f"<sender>{name}</sender> {body}"
+    return body
+
+
+def reply_key(inbound_id: int, part: int) -> str:
+    """Idempotency key of a reply part: stable across re-runs of the same turn."""
+    return f"sb-{inbound_id}-{part}"
+
+
+class TurnRunner:
+    """The bus's turn handler."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        ledger: TurnLedger,
+        sessions: SessionManager,
+        agent: ChatAgent,
+        metrics: Metrics,
+        settings: TurnSettings,
+        on_replies_queued: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._journal = journal
+        self._ledger = ledger
+        self._sessions = sessions
+        self._agent = agent
+        self._metrics = metrics
+        self._settings = settings
+        self._on_replies_queued = on_replies_queued
+        self._clock = clock
+
+    async def __call__(self, key: SessionKey, inbound_ids: list[int]) -> None:
+        entries = await self._journal.load(inbound_ids)
+        if not entries:
+            return  # already answered before a restart
+        last = entries[-1]
+        with with_correlation(last.message.gateway_id or str(last.inbound_id)):
+            started = time.perf_counter()
+            try:
+                await self._run(key, entries)
+            except Exception:
+                self._sessions.forget(key)
+                self._metrics.turn_errors_total.labels(kind="internal").inc()
+                raise
+            finally:
+                self._metrics.turn_latency_seconds.observe(time.perf_counter() - started)
+
+    async def _run(self, key: SessionKey, entries: Sequence[JournalEntry]) -> None:
+        ids = [e.inbound_id for e in entries]
+        await self._journal.begin_attempt(ids)
+        state = await self._sessions.load(key)
+        texts = [user_text(e.message) for e in entries]
+        if max(e.attempts for e in entries) >= self._settings.max_attempts:
+            log.error("giving up on inbound %s after %d attempts", ids, self._settings.max_attempts)
+            self._metrics.turn_errors_total.labels(kind="poison").inc()
+            answer_text = POISON_REPLY
+            history_add: tuple[HistoryMessage, ...] = ()
+        else:
+            history = [ChatMessage(role=_role(m.role), content=m.content) for m in state.history]
+            answer = await self._agent.answer(history, texts)
+            if answer.failed:
+                self._metrics.turn_errors_total.labels(kind=answer.error_kind or "llm").inc()
+            answer_text = answer.text
+            history_add = (
+                ()
+                if answer.failed
+                else (*(HistoryMessage("user", t) for t in texts), HistoryMessage("assistant", answer.text))
+            )
+        last = entries[-1]
+        reply = OutboundMessage(
+            target=reply_target(last.message),
+            parts=(MarkdownPart(text=answer_text),),
+            idempotency_key=reply_key(last.inbound_id, 0),
+        )
+        now = self._clock()
+        record = TurnRecord(session_key=key, inbound_ids=tuple(ids), messages=tuple(history_add))
+        await self._ledger.complete_turn(
+            record, [reply], now=now, deadline=now + self._settings.reply_deadline_seconds
+        )
+        self._sessions.record(key, history_add)
+        self._on_replies_queued()
+
+
+def _role(role: str) -> Literal["user", "assistant", "system"]:
+    if role == "assistant":
+        return "assistant"
+    if role == "system":
+        return "system"
+    return "user"
