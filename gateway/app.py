@@ -83,9 +83,7 @@ class Runtime:
             max_cached=settings.sessions.max_cached,
         )
         self.llm: LLMClient = llm if llm is not None else build_llm(settings, env)
-        self.adapters: dict[str, Adapter] = (
-            dict(adapters) if adapters is not None else build_adapters(settings, env)
-        )
+        self.adapters: dict[str, Adapter] = dict(adapters) if adapters is not None else build_adapters(settings, env)
         self.sender = OutboxSender(
             self.outbox,
             self.adapters,
@@ -136,9 +134,7 @@ class Runtime:
             accepting=lambda: self._accepting,
         )
         self.tasks.spawn(self.sender.run(self._stop), "outbox-sender")
-        self.tasks.spawn(
-            monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag"
-        )
+        self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")
         warm_up = getattr(self.llm, "warm_up", None)
         if warm_up is not None and self.llm.is_configured():
@@ -232,9 +228,7 @@ class Runtime:
         except TimeoutError:
             quiet = False
         if not quiet:
-            log.warning(
-                "drain deadline (%.0fs) passed; unfinished work stays journaled for the next start", drain
-            )
+            log.warning("drain deadline (%.0fs) passed; unfinished work stays journaled for the next start", drain)
         self._stop.set()
         for adapter in self.adapters.values():
             await adapter.stop()

@@ -16,13 +16,9 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="switchboard", description="Self-improving LLM agent gateway for IM."
-    )
+    parser = argparse.ArgumentParser(prog="switchboard", description="Self-improving LLM agent gateway for IM.")
     parser.add_argument("--version", action="version", version=f"switchboard {_version()}")
-    parser.add_argument(
-        "--config", help="YAML config file (default: $SWITCHBOARD_CONFIG or ./switchboard.yaml)"
-    )
+    parser.add_argument("--config", help="YAML config file (default: $SWITCHBOARD_CONFIG or ./switchboard.yaml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the gateway service (HTTP webhooks, adapters, workers)")
     sub.add_parser("chat", help="chat with the agent in this terminal through the full pipeline")

@@ -81,9 +81,7 @@ class LLMConfig(_Section):
 
     default: str = "default"
     profiles: dict[str, LLMProfile] = Field(
-        default_factory=lambda: {
-            "default": LLMProfile(model="openai/gpt-4o-mini", api_key_env="OPENAI_API_KEY")
-        }
+        default_factory=lambda: {"default": LLMProfile(model="openai/gpt-4o-mini", api_key_env="OPENAI_API_KEY")}
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 

@@ -1,8 +1,7 @@
 """Logging setup: correlation ids, secret redaction, JSON or text lines.
 
-The redacting filter is attached to the root *handler* (logger filters do not
-see records propagated from child loggers), so every record that reaches the
-output passes through it.
+The redacting filter sits on the root *handler* (logger filters miss records propagated from child
+loggers), and noisy libraries' own handlers are removed, so every emitted record passes through it.
 """
 
 from __future__ import annotations
@@ -65,7 +64,6 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self._secrets: set[str] = set()
         self._secret_re: re.Pattern[str] | None = None
-        self._exc_formatter = logging.Formatter()
         for secret in secrets:
             self.add(secret)
 
@@ -78,9 +76,8 @@ class RedactingFilter(logging.Filter):
         self._secret_re = re.compile("|".join(re.escape(s) for s in ordered))
 
     def redact(self, text: str) -> str:
-        secret_re = self._secret_re
-        if secret_re is not None:
-            text = secret_re.sub(REDACTED, text)
+        if self._secret_re is not None:
+            text = self._secret_re.sub(REDACTED, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
@@ -106,7 +103,7 @@ class RedactingFilter(logging.Filter):
         record.msg = self.redact(message)
         record.args = ()
         if record.exc_info and not record.exc_text:
-            record.exc_text = self._exc_formatter.formatException(record.exc_info)
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:
@@ -178,7 +175,7 @@ def setup_logging(
     secrets: Iterable[str] = (),
     stream: IO[str] | None = None,
 ) -> RedactingFilter:
-    """Replace the root logger's handlers with one redacting handler; return its filter."""
+    """Replace root handlers with one redacting handler; return its filter. Call after importing litellm."""
     levelno = logging.getLevelNamesMapping().get(level.upper())
     if levelno is None:
         raise ValueError(f"unknown log level: {level!r}")
@@ -194,6 +191,9 @@ def setup_logging(
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
     root.addHandler(handler)
     root.setLevel(levelno)
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, levelno))
+    for name in NOISY_LOGGERS:  # e.g. LiteLLM installs its own (unredacted) stream handler
+        noisy = logging.getLogger(name)
+        noisy.setLevel(max(logging.WARNING, levelno))
+        for old in list(noisy.handlers):
+            noisy.removeHandler(old)
     return redactor

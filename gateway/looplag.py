@@ -38,6 +38,6 @@ async def monitor_event_loop_lag(
             report(max(0.0, loop.time() - started - interval))
     finally:
         if stop_waiter is not None and not stop_waiter.done():
-            pass
+            stop_waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stop_waiter

@@ -111,9 +111,6 @@ async def chat(config: str | None) -> int:
 
 def print_schema() -> int:
     """Print the JSON Schema of the config, including every registered adapter's section."""
-    schemas = {
-        name: adapter_registry.load(name).CONFIG_MODEL.model_json_schema()
-        for name in adapter_registry.REGISTRY
-    }
+    schemas = {name: adapter_registry.load(name).CONFIG_MODEL.model_json_schema() for name in adapter_registry.REGISTRY}
     print(json_schema(schemas))
     return 0

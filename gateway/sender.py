@@ -141,9 +141,7 @@ class OutboxSender:
             await self._retry(item, TransientSendError("send timed out", code="timeout"))
         except Exception as exc:  # a bug in an adapter must not kill the worker; it is retried
             log.exception("adapter %s raised unexpectedly", platform)
-            await self._retry(
-                item, TransientSendError(f"internal error: {type(exc).__name__}", code="internal")
-            )
+            await self._retry(item, TransientSendError(f"internal error: {type(exc).__name__}", code="internal"))
         else:
             await self._outbox.mark_sent(item.outbox_id, receipt.platform_msg_id, self._clock())
             self._metrics.sent_total.labels(platform=platform).inc()
@@ -157,13 +155,9 @@ class OutboxSender:
             delay = backoff_delay(item.attempts, self._settings, self._rng)
         now = self._clock()
         if now + delay > item.deadline_at:
-            await self._give_up(
-                item, f"deadline passed after {item.attempts + 1} attempts; last: {exc}", exc.code
-            )
+            await self._give_up(item, f"deadline passed after {item.attempts + 1} attempts; last: {exc}", exc.code)
             return
-        log.info(
-            "send of %s failed (%s: %s); retry in %.1fs", item.message.idempotency_key, exc.code, exc, delay
-        )
+        log.info("send of %s failed (%s: %s); retry in %.1fs", item.message.idempotency_key, exc.code, exc, delay)
         await self._outbox.mark_retry(item.outbox_id, now + delay, exc.code, str(exc))
 
     async def _give_up(self, item: OutboxItem, reason: str, code: str) -> None:

@@ -22,9 +22,7 @@ from sessions.manager import SessionManager
 
 log = logging.getLogger(__name__)
 
-POISON_REPLY = (
-    "Sorry, I could not process this message (it failed repeatedly). The operators have been notified."
-)
+POISON_REPLY = "Sorry, I could not process this message (it failed repeatedly). The operators have been notified."
 
 
 @dataclass(frozen=True)
@@ -120,9 +118,7 @@ class TurnRunner:
         )
         now = self._clock()
         record = TurnRecord(session_key=key, inbound_ids=tuple(ids), messages=tuple(history_add))
-        await self._ledger.complete_turn(
-            record, [reply], now=now, deadline=now + self._settings.reply_deadline_seconds
-        )
+        await self._ledger.complete_turn(record, [reply], now=now, deadline=now + self._settings.reply_deadline_seconds)
         self._sessions.record(key, history_add)
         self._on_replies_queued()
 

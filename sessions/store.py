@@ -15,9 +15,7 @@ def session_id(key: SessionKey) -> str:
     return key.model_dump_json()
 
 
-def append_messages(
-    conn: sqlite3.Connection, key: SessionKey, messages: Sequence[HistoryMessage], now: float
-) -> None:
+def append_messages(conn: sqlite3.Connection, key: SessionKey, messages: Sequence[HistoryMessage], now: float) -> None:
     """Append a turn's messages and bump the session's counters (inside a write transaction)."""
     sid = session_id(key)
     conn.execute(
@@ -55,9 +53,7 @@ class SqliteSessionStore:
         sid = session_id(key)
 
         def op(conn: sqlite3.Connection) -> tuple[float, float, int] | None:
-            row = conn.execute(
-                "SELECT created_at, updated_at, turns FROM sessions WHERE key = ?", (sid,)
-            ).fetchone()
+            row = conn.execute("SELECT created_at, updated_at, turns FROM sessions WHERE key = ?", (sid,)).fetchone()
             return None if row is None else (float(row[0]), float(row[1]), int(row[2]))
 
         return await self._db.read(op)

@@ -1,0 +1,50 @@
+"""Pure conversions between the webhook wire models and the normalized message types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from adapters.webhook.wire import CallbackPart, WebhookCallback, WebhookInbound
+from gateway.messages import Attachment, ChatKind, InboundMessage, OutboundMessage
+
+PLATFORM = "webhook"
+
+
+def to_inbound(bot_id: str, body: WebhookInbound, received_at: datetime) -> InboundMessage:
+    """The normalized message for a validated inbound body.
+
+    `reply_ref` stays empty: replies are addressed by chat id and go to the bot's callback URL,
+    so there is nothing platform-specific to remember.
+    """
+    return InboundMessage(
+        platform=PLATFORM,
+        bot_id=bot_id,
+        platform_msg_id=body.message_id,
+        chat_id=body.chat_id,
+        chat_kind=ChatKind(body.chat_type),
+        sender_id=body.sender.id,
+        sender_name=body.sender.name,
+        mentioned=body.mentioned,
+        text=body.text,
+        attachments=tuple(
+            Attachment(kind=a.kind, ref=a.ref, name=a.name, mime_type=a.mime_type, size=a.size)
+            for a in body.attachments
+        ),
+        reply_ref="",
+        received_at=received_at,
+    )
+
+
+def to_callback(msg: OutboundMessage) -> dict[str, Any]:
+    """The JSON-ready callback body for one outbound message."""
+    target = msg.target
+    return WebhookCallback(
+        idempotency_key=msg.idempotency_key,
+        bot_id=target.bot_id,
+        chat_id=target.chat_id,
+        in_reply_to=target.in_reply_to,
+        user_id=target.user_id,
+        parts=[CallbackPart(type=p.type, text=p.text) for p in msg.parts],
+        text=msg.text,
+    ).model_dump(mode="json")
