@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from agent_core.llm import ChatMessage, LLMClient, LLMError
+from agent_core.llm import ChatMessage, LLMClient, LLMError, LLMNotConfigured
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class ChatAgent:
                 chunks.append(delta)
                 if on_delta is not None:
                     await on_delta(delta)
+        except LLMNotConfigured as exc:
+            log.info("no LLM configured; replied with setup hint")
+            return ChatAnswer(text=exc.user_message, failed=True, error_kind="not_configured")
         except LLMError as exc:
             log.warning("LLM call failed: %s", type(exc).__name__)
             return ChatAnswer(text=exc.user_message, failed=True, error_kind=type(exc).__name__)

@@ -308,4 +308,3 @@ def _route_litellm_logs_to_root() -> None:
             lib_logger.removeHandler(handler)
         lib_logger.propagate = True
         lib_logger.setLevel(max(lib_logger.level, logging.WARNING))
-

@@ -21,6 +21,7 @@ from agent_core.llm import LiteLLMClient, LLMClient
 from gateway.bus import SessionBus
 from gateway.config import Settings
 from gateway.host import RuntimeHost
+from gateway.housekeeping import run_housekeeping
 from gateway.http import build_app
 from gateway.looplag import monitor_event_loop_lag
 from gateway.metrics import Metrics
@@ -205,7 +206,15 @@ class Runtime:
             try:
                 await asyncio.wait_for(self._stop.wait(), 30)
             except TimeoutError:
-                self.sessions.evict_idle()
+                report = await run_housekeeping(
+                    self.journal,
+                    self.outbox,
+                    self.sessions,
+                    now=time.time(),
+                    retention_seconds=self.settings.storage.retention_seconds,
+                )
+                if report.inbound_pruned or report.outbox_pruned:
+                    log.info("housekeeping: %s", report)
                 await self.refresh_gauges()
 
     async def wait_quiet(self, within: float) -> bool:

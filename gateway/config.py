@@ -46,6 +46,7 @@ class StorageConfig(_Section):
 
     data_dir: Path = Path("data")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    retention_seconds: float = Field(7 * 86400.0, ge=3600)
 
 
 class BusConfig(_Section):

@@ -43,15 +43,15 @@ def _secret_env_names(section: Any) -> list[str]:
     return found
 
 
-def prepare(config: str | None) -> tuple[Settings, dict[str, str]]:
-    """Load settings and set up logging with the configured secrets redacted."""
+def prepare(config: str | None, *, quiet: bool = False) -> tuple[Settings, dict[str, str]]:
+    """Load settings and set up logging with the configured secrets redacted.
+
+    `quiet` (the terminal chat) only shows warnings so log lines do not drown the conversation.
+    """
     env = env_snapshot()
     settings = load_settings(config_path(config, env))
-    setup_logging(
-        level=settings.logging.level,
-        json_format=settings.logging.json_format,
-        secrets=_secrets(settings, env),
-    )
+    level = "WARNING" if quiet and settings.logging.level in ("DEBUG", "INFO") else settings.logging.level
+    setup_logging(level=level, json_format=settings.logging.json_format, secrets=_secrets(settings, env))
     return settings, env
 
 
@@ -88,7 +88,7 @@ async def serve(config: str | None) -> int:
 
 async def chat(config: str | None) -> int:
     """Terminal chat through the full pipeline (journal, bus, turn, outbox); no HTTP server."""
-    settings, env = prepare(config)
+    settings, env = prepare(config, quiet=True)
     settings.server.enabled = False
     for section in settings.adapters.values():
         section["enabled"] = False

@@ -91,6 +91,8 @@ class Journal(Protocol):
 
     async def begin_attempt(self, inbound_ids: Sequence[int]) -> None: ...
 
+    async def prune_done(self, before: float) -> int: ...
+
 
 class TurnLedger(Protocol):
     """Atomically finishes a turn: history appended, replies queued, inbound marked done."""
@@ -118,6 +120,8 @@ class Outbox(Protocol):
     async def stats(self) -> OutboxStats: ...
 
     async def dead_letters(self, limit: int = 50) -> list[DeadLetter]: ...
+
+    async def prune_sent(self, before: float) -> int: ...
 
 
 class SessionStore(Protocol):

@@ -92,6 +92,14 @@ class SqliteJournal:
 
         await self._db.write(op)
 
+    async def prune_done(self, before: float) -> int:
+        """Forget answered messages older than `before`: the dedup window is this retention."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM inbound WHERE status = 'done' AND done_at < ?", (before,)).rowcount
+
+        return await self._db.write(op)
+
     async def count_pending(self) -> int:
         """How many journaled messages still wait for their turn."""
 

@@ -141,3 +141,11 @@ class SqliteOutbox:
             return [DeadLetter(*r) for r in rows]
 
         return await self._db.read(op)
+
+    async def prune_sent(self, before: float) -> int:
+        """Delete delivered replies older than `before` (dead letters are kept for operators)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (before,)).rowcount
+
+        return await self._db.write(op)
