@@ -1,7 +1,7 @@
 """Composition root: builds every component from Settings and runs them; no globals elsewhere.
 
-Start order: database (migrations) -> stores -> LLM -> bus/turns/sender -> adapters (routes)
--> HTTP server -> resume journaled work. Stop order is the reverse, with a drain first.
+Start order: database (migrations) -> stores -> LLM -> bus/turns -> resume journaled work
+-> adapters (routes) -> outbox sender -> HTTP server. Stop order is the reverse, with a drain first.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from agent_core.chat import ChatAgent
 from agent_core.llm import LiteLLMClient, LLMClient
 from gateway.bus import SessionBus
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.host import RuntimeHost
 from gateway.housekeeping import run_housekeeping
 from gateway.http import build_app
@@ -69,6 +70,7 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self.tasks = TaskTracker()
+        self.llm_ready = asyncio.Event()
         self.db = SqliteDatabase(
             settings.database_path,
             synchronous=settings.storage.synchronous,
@@ -107,6 +109,7 @@ class Runtime:
                 reply_deadline_seconds=settings.outbox.deadline_seconds,
             ),
             on_replies_queued=self.sender.wake,
+            llm_ready=self.llm_ready,
         )
         self.bus = SessionBus(
             self.turns,
@@ -122,7 +125,17 @@ class Runtime:
         self.port: int | None = None
 
     async def start(self) -> None:
-        """Open storage, start adapters and the server, then resume unfinished turns."""
+        """Open storage, start adapters and the server, then resume unfinished turns.
+
+        If any step fails, whatever was already started is closed again before the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    async def _start(self) -> None:
         await self.db.open(MIGRATIONS)
         self._http = aiohttp.ClientSession()
         host = RuntimeHost(
@@ -134,16 +147,15 @@ class Runtime:
             group_scope=self.settings.sessions.group_scope,
             accepting=lambda: self._accepting,
         )
-        self.tasks.spawn(self.sender.run(self._stop), "outbox-sender")
         self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")
-        warm_up = getattr(self.llm, "warm_up", None)
-        if warm_up is not None and self.llm.is_configured():
-            self.tasks.spawn(warm_up(), "llm-warm-up")
+        self.tasks.spawn(self._warm_up_llm(), "llm-warm-up")
         resumed = await self._resume()
         self._accepting = True
         for adapter in self.adapters.values():
             await adapter.start(host)
+        # Only now: replies left in the outbox by a previous run would fail with "adapter not started".
+        self.tasks.spawn(self.sender.run(self._stop), "outbox-sender")
         if self.settings.server.enabled:
             await self._start_server(host)
         log.info("switchboard started: adapters=%s resumed=%d", sorted(self.adapters), resumed)
@@ -157,12 +169,28 @@ class Runtime:
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port)
-        await site.start()
+        host_name, port = self.settings.server.host, self.settings.server.port
+        site = web.TCPSite(self._runner, host_name, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"server.host/server.port: cannot listen on {host_name}:{port}: {exc.strerror}") from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.server.port
         log.info("listening on http://%s:%s", self.settings.server.host, self.port)
+
+    async def _warm_up_llm(self) -> None:
+        """Import the LLM library before resumed turns count an attempt: a crash loop during the slow
+        import must not turn innocent messages into 'failed repeatedly' ones."""
+        try:
+            warm_up = getattr(self.llm, "warm_up", None)
+            if warm_up is not None and self.llm.is_configured():
+                await warm_up()
+        except Exception:
+            log.exception("LLM warm-up failed; turns will import it on first use")
+        finally:
+            self.llm_ready.set()
 
     async def _resume(self) -> int:
         """Re-queue journaled messages whose turn never completed (after a crash)."""
@@ -238,13 +266,23 @@ class Runtime:
             quiet = False
         if not quiet:
             log.warning("drain deadline (%.0fs) passed; unfinished work stays journaled for the next start", drain)
+        await self._shutdown()
+        log.info("switchboard stopped")
+
+    async def _shutdown(self) -> None:
+        """Close everything that was started, in reverse order; safe on a half-started runtime."""
+        self._accepting = False
         self._stop.set()
-        for adapter in self.adapters.values():
-            await adapter.stop()
+        for name, adapter in self.adapters.items():
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("adapter %s failed to stop cleanly", name)
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
         await self.tasks.cancel_all()
         if self._http is not None:
             await self._http.close()
+            self._http = None
         await self.db.close()
-        log.info("switchboard stopped")

@@ -55,7 +55,7 @@ class BusConfig(_Section):
     max_concurrency: int = Field(32, ge=1)
     max_backlog: int = Field(10_000, ge=1)
     pending_mode: PendingMode = PendingMode.SEQUENTIAL
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(5, ge=1)
 
 
 class OutboxConfig(_Section):

@@ -6,6 +6,7 @@ the turn commits, but nothing was visible then, so the user still sees exactly o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ class TurnRunner:
         metrics: Metrics,
         settings: TurnSettings,
         on_replies_queued: Callable[[], None],
+        llm_ready: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._journal = journal
@@ -72,6 +74,7 @@ class TurnRunner:
         self._settings = settings
         self._on_replies_queued = on_replies_queued
         self._clock = clock
+        self._llm_ready = llm_ready
 
     async def __call__(self, key: SessionKey, inbound_ids: list[int]) -> None:
         entries = await self._journal.load(inbound_ids)
@@ -91,6 +94,8 @@ class TurnRunner:
 
     async def _run(self, key: SessionKey, entries: Sequence[JournalEntry]) -> None:
         ids = [e.inbound_id for e in entries]
+        if self._llm_ready is not None:
+            await self._llm_ready.wait()  # a kill during start-up is not the message's fault
         await self._journal.begin_attempt(ids)
         state = await self._sessions.load(key)
         texts = [user_text(e.message) for e in entries]

@@ -224,3 +224,47 @@ async def test_unfinished_turns_are_resumed_at_start(
         status, body = await post(rt, make_payload("z1", "c1", "judy", "survive me"))
         assert body["duplicate"] is True
     assert delivery.body["text"] == "echo: survive me"
+
+
+async def test_message_that_keeps_crashing_turns_gets_an_apology_not_a_loop(
+    runtime_factory: RuntimeFactory, receiver: CallbackReceiver, fake_llm: FakeLLM
+) -> None:
+    from gateway.messages import ChatKind, InboundMessage, session_key_for
+    from gateway.store.migrations import MIGRATIONS
+    from gateway.store.sqlite_db import SqliteDatabase
+    from gateway.store.sqlite_journal import SqliteJournal
+    from gateway.turns import POISON_REPLY
+
+    async with runtime_factory() as rt:
+        path = rt.settings.database_path
+    db = SqliteDatabase(path)
+    await db.open(MIGRATIONS)
+    journal = SqliteJournal(db)
+    msg = InboundMessage(
+        platform="webhook",
+        bot_id="ops",
+        platform_msg_id="poison",
+        chat_id="c9",
+        chat_kind=ChatKind.DIRECT,
+        sender_id="mallory",
+        text="boom",
+    )
+    appended = await journal.append(msg, session_key_for(msg))
+    for _ in range(5):  # five earlier runs died inside this turn
+        await journal.begin_attempt([appended.inbound_id])
+    await db.close()
+    async with runtime_factory():
+        [delivery] = await receiver.async_wait_visible(1)
+    assert delivery.body["text"] == POISON_REPLY
+    assert fake_llm.chat_requests() == [], "the poisonous turn is not run again"
+
+
+async def test_busy_port_is_a_clear_config_error(runtime_factory: RuntimeFactory) -> None:
+    import pytest
+
+    from gateway.errors import ConfigError
+
+    async with runtime_factory() as first:
+        with pytest.raises(ConfigError, match=r"server\.port.*cannot listen"):
+            async with runtime_factory(server={"port": first.port}):
+                pass
