@@ -35,8 +35,8 @@ def receiver() -> Iterator[CallbackReceiver]:
         yield peer
 
 
-def make_settings(tmp_path: Path, llm_url: str, callback_url: str, **overrides: Any) -> Settings:
-    """Settings for an in-process runtime: random port, fast retries, fake LLM, one webhook bot."""
+def settings_data(tmp_path: Path, llm_url: str, callback_url: str, **overrides: Any) -> dict[str, Any]:
+    """Config (as the YAML mapping) for tests: random port, fast retries, fake LLM, one webhook bot `ops`."""
     data: dict[str, Any] = {
         "server": {"port": 0, "drain_seconds": 5},
         "storage": {"data_dir": str(tmp_path / "data")},
@@ -64,7 +64,12 @@ def make_settings(tmp_path: Path, llm_url: str, callback_url: str, **overrides: 
             data[section] = {**data[section], **values}
         else:
             data[section] = values
-    return Settings(**data)
+    return data
+
+
+def make_settings(tmp_path: Path, llm_url: str, callback_url: str, **overrides: Any) -> Settings:
+    """Settings for an in-process runtime (see `settings_data`)."""
+    return Settings(**settings_data(tmp_path, llm_url, callback_url, **overrides))
 
 
 RuntimeFactory = Callable[..., Any]

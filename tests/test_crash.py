@@ -34,7 +34,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import BOT_SECRET, ENV
+from tests.conftest import BOT_SECRET, ENV, settings_data
 from tests.fakes.fake_llm import FakeLLM, RecordedRequest
 from tests.fakes.webhook_peer import CallbackReceiver, Delivery, make_payload, send_signed
 
@@ -74,26 +74,9 @@ def child_env(drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
 
 
 def write_config(tmp_path: Path, *, llm_url: str, callback_url: str = "", port: int = 0, drain: float = 5.0) -> Path:
-    data: dict[str, Any] = {
-        "server": {"port": port, "drain_seconds": drain},
-        "storage": {"data_dir": str(tmp_path / "data")},
-        "outbox": {"base_backoff": 0.05, "max_backoff": 0.5, "send_timeout": 2},
-        "llm": {
-            "profiles": {
-                "default": {
-                    "model": "openai/fake-model",
-                    "api_base": llm_url,
-                    "api_key_env": "TEST_LLM_KEY",
-                    "retries": 0,
-                    "timeout": 10,
-                }
-            }
-        },
-        "adapters": {"webhook": {"enabled": False}},
-    }
-    if callback_url:
-        bot = {"secret_env": "TEST_BOT_SECRET", "callback_url": callback_url, "timeout": 2}
-        data["adapters"] = {"webhook": {"enabled": True, "bots": {BOT: bot}}}
+    data = settings_data(tmp_path, llm_url, callback_url, server={"port": port, "drain_seconds": drain})
+    if not callback_url:
+        data["adapters"] = {"webhook": {"enabled": False}}
     path = tmp_path / "switchboard.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
