@@ -47,13 +47,19 @@ class ChatAgent:
     async def answer(
         self, history: Sequence[ChatMessage], user_texts: Sequence[str], on_delta: OnDelta | None = None
     ) -> ChatAnswer:
-        """Stream the model's answer (forwarding deltas) and return the full text."""
+        """Return the model's full answer; stream (forwarding deltas) only when someone listens.
+
+        Streaming through litellm costs about three times the CPU of one plain completion
+        (bench/llm_cost.py), so a turn without a live view of the text does not pay for it.
+        """
         messages = self.build_messages(history, user_texts)
         chunks: list[str] = []
         try:
-            async for delta in self._llm.stream(messages):
-                chunks.append(delta)
-                if on_delta is not None:
+            if on_delta is None:
+                chunks.append(await self._llm.complete(messages))
+            else:
+                async for delta in self._llm.stream(messages):
+                    chunks.append(delta)
                     await on_delta(delta)
         except LLMNotConfigured as exc:
             log.info("no LLM configured; replied with setup hint")
