@@ -53,8 +53,6 @@ class RuntimeHost:
         if not self.is_accepting():
             self._metrics.rejected_total.labels(platform=msg.platform, reason="backpressure").inc()
             raise BackpressureError("gateway is saturated or shutting down; retry later")
-        if not msg.gateway_id:
-            msg = msg.model_copy(update={"gateway_id": f"{msg.platform}/{msg.bot_id}/{msg.platform_msg_id}"})
         key = session_key_for(msg, self._group_scope)
         result = await self._journal.append(msg, key)
         if result.duplicate:

@@ -41,7 +41,6 @@ class InboundMessage(_Frozen):
     `reply_ref` is opaque to the core and only handed back to the same adapter.
     """
 
-    gateway_id: str = ""
     platform: str
     bot_id: str
     platform_msg_id: str
@@ -54,6 +53,11 @@ class InboundMessage(_Frozen):
     attachments: tuple[Attachment, ...] = ()
     reply_ref: str = ""
     received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def gateway_id(self) -> str:
+        """Stable id across platforms and retries; used as the log correlation id."""
+        return f"{self.platform}/{self.bot_id}/{self.platform_msg_id}"
 
 
 class TextPart(_Frozen):

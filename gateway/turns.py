@@ -81,7 +81,7 @@ class TurnRunner:
         if not entries:
             return  # already answered before a restart
         last = entries[-1]
-        with with_correlation(last.message.gateway_id or str(last.inbound_id)):
+        with with_correlation(last.message.gateway_id):
             started = time.perf_counter()
             try:
                 await self._run(key, entries)

@@ -24,7 +24,7 @@ async def test_console_round_trip(tmp_path: Path, fake_llm: FakeLLM) -> None:
             await lines.put(text + "\n")
         await lines.put(None)
         await asyncio.wait_for(console.input_closed.wait(), 5)
-        for _ in range(200):
+        for _ in range(1500):  # up to 30 s: the first turn waits for the litellm import
             if len(console.sent) == 2:
                 break
             await asyncio.sleep(0.02)
