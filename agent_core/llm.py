@@ -122,6 +122,9 @@ class LLMClient(Protocol):
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]: ...
     def is_configured(self) -> bool: ...
     def describe(self) -> str: ...
+    async def ping(self) -> str: ...
+    async def warm_up(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def _resolve_key(profile: LLMProfile, env: Mapping[str, str]) -> tuple[str | None, str]:
@@ -168,6 +171,9 @@ class LiteLLMClient:
     async def warm_up(self) -> None:
         """Import litellm in a worker thread so the first message is not slow."""
         await asyncio.to_thread(self._import)
+
+    async def close(self) -> None:
+        """Nothing to release: litellm's HTTP clients live as long as the process."""
 
     def _redact(self, text: str) -> str:
         for key in self._keys.values():

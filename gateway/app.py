@@ -18,6 +18,7 @@ import adapters as adapter_registry
 from adapters.base import Adapter
 from agent_core.chat import ChatAgent
 from agent_core.llm import LiteLLMClient, LLMClient
+from agent_core.llm_process import ProcessLLMClient
 from gateway.bus import SessionBus
 from gateway.config import Settings
 from gateway.errors import ConfigError
@@ -51,9 +52,11 @@ def build_adapters(settings: Settings, env: Mapping[str, str]) -> dict[str, Adap
     return built
 
 
-def build_llm(settings: Settings, env: Mapping[str, str]) -> LiteLLMClient:
-    """The LLM client for the configured profiles."""
-    return LiteLLMClient(settings.llm.profiles, settings.llm.default, env)
+def build_llm(settings: Settings, env: Mapping[str, str], *, inline: bool = False) -> LLMClient:
+    """The LLM client for the configured profiles (in a worker process unless configured inline)."""
+    if inline or settings.llm.isolation == "inline":
+        return LiteLLMClient(settings.llm.profiles, settings.llm.default, env)
+    return ProcessLLMClient(settings.llm.profiles, settings.llm.default, env)
 
 
 class Runtime:
@@ -184,9 +187,8 @@ class Runtime:
         """Import the LLM library before resumed turns count an attempt: a crash loop during the slow
         import must not turn innocent messages into 'failed repeatedly' ones."""
         try:
-            warm_up = getattr(self.llm, "warm_up", None)
-            if warm_up is not None and self.llm.is_configured():
-                await warm_up()
+            if self.llm.is_configured():
+                await self.llm.warm_up()
         except Exception:
             log.exception("LLM warm-up failed; turns will import it on first use")
         finally:
@@ -282,6 +284,7 @@ class Runtime:
             await self._runner.cleanup()
             self._runner = None
         await self.tasks.cancel_all()
+        await self.llm.close()
         if self._http is not None:
             await self._http.close()
             self._http = None

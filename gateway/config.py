@@ -85,6 +85,8 @@ class LLMConfig(_Section):
         default_factory=lambda: {"default": LLMProfile(model="openai/gpt-4o-mini", api_key_env="OPENAI_API_KEY")}
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # "process": litellm runs in a child process so its CPU (~5 ms per call) stays off the ingest loop.
+    isolation: Literal["process", "inline"] = "process"
 
 
 class LoggingConfig(_Section):

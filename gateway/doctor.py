@@ -72,7 +72,7 @@ async def check_llm(settings: Settings, env: dict[str, str], call: bool) -> Chec
     """Configured, and answering a 1-token request."""
     from gateway.app import build_llm
 
-    llm = build_llm(settings, env)
+    llm = build_llm(settings, env, inline=True)
     if not llm.is_configured():
         return Check("FAIL", "llm", f"{llm.describe()}. Configure llm.profiles in the config file if needed.")
     if not call:

@@ -1,0 +1,187 @@
+"""LLMClient that runs litellm in a child process.
+
+A litellm call costs the caller about 5 ms of CPU even against an instant server, 20x a bare HTTP
+request (bench/llm_cost.py). In the gateway's one event loop that CPU competes with acking inbound
+messages, so busy turns starved ingest (bench/ingest.py). Here the gateway only writes a JSON line
+and reads the answer; litellm's work runs on another core. If the child dies, calls in flight fail
+as LLMUnavailable (the user gets an honest reply) and the next call starts a new child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from agent_core.llm import (
+    ChatMessage,
+    LiteLLMClient,
+    LLMAuthError,
+    LLMBadRequest,
+    LLMError,
+    LLMNotConfigured,
+    LLMProfile,
+    LLMRateLimited,
+    LLMUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[str, type[LLMError]] = {
+    cls.__name__: cls
+    for cls in (LLMError, LLMNotConfigured, LLMAuthError, LLMRateLimited, LLMUnavailable, LLMBadRequest)
+}
+_WORKER_EXITED = "The AI model worker stopped unexpectedly; please try again."
+
+
+def _to_error(payload: Mapping[str, Any]) -> LLMError:
+    cls = _ERRORS.get(str(payload.get("kind")), LLMUnavailable)
+    return cls(payload.get("user_message") or None, detail=str(payload.get("detail", "")))
+
+
+class ProcessLLMClient:
+    """Same interface as LiteLLMClient; the litellm calls happen in `agent_core.llm_worker`."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, LLMProfile],
+        default: str,
+        env: Mapping[str, str],
+        *,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self._local = LiteLLMClient(profiles, default, env)  # config checks only: never imports litellm here
+        self._config = json.dumps(
+            {"profiles": {n: p.model_dump(mode="json") for n, p in profiles.items()}, "default": default}
+        )
+        self._env = dict(env)
+        self._start_timeout = start_timeout
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._start_lock = asyncio.Lock()
+
+    def is_configured(self) -> bool:
+        return self._local.is_configured()
+
+    def describe(self) -> str:
+        return self._local.describe() + " [litellm in a worker process]"
+
+    async def warm_up(self) -> None:
+        """Start the worker (it imports litellm before saying it is ready)."""
+        if self.is_configured():
+            await self._ensure_started()
+
+    async def close(self) -> None:
+        """Stop the worker: closing its stdin makes it finish in-flight calls and exit."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+    async def _ensure_started(self) -> asyncio.subprocess.Process:
+        async with self._start_lock:
+            if self._proc is not None and self._proc.returncode is None:
+                return self._proc
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent_core.llm_worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=self._env,
+                limit=32 * 1024 * 1024,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(self._config.encode() + b"\n")
+            try:
+                ready = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout)
+            except TimeoutError:
+                proc.kill()
+                raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker did not start in time") from None
+            if not ready or not json.loads(ready).get("ready"):
+                raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker failed to start (see its stderr)")
+            self._proc = proc
+            self._reader = asyncio.create_task(self._read(proc), name="llm-worker-reader")
+            log.info("LLM worker process %s ready", proc.pid)
+            return proc
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while line := await proc.stdout.readline():
+                message = json.loads(line)
+                queue = self._pending.get(message.get("id", -1))
+                if queue is not None:
+                    queue.put_nowait(message)
+        finally:
+            if self._proc is proc:
+                self._proc = None
+            exited = {"error": {"kind": "LLMUnavailable", "user_message": _WORKER_EXITED, "detail": "worker exited"}}
+            for queue in self._pending.values():
+                queue.put_nowait(exited)
+
+    async def _request(
+        self, op: str, messages: Sequence[ChatMessage], max_tokens: int | None
+    ) -> AsyncGenerator[Any, None]:
+        proc = await self._ensure_started()
+        self._next_id += 1
+        rid = self._next_id
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending[rid] = queue
+        try:
+            line = {"id": rid, "op": op, "messages": [m.model_dump() for m in messages], "max_tokens": max_tokens}
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            while True:
+                message = await queue.get()
+                if "error" in message:
+                    raise _to_error(message["error"])
+                if "delta" in message:
+                    yield message["delta"]
+                    continue
+                yield message.get("text", "")
+                return
+        finally:
+            del self._pending[rid]
+
+    async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> str:
+        if not self.is_configured():
+            return await self._local.complete(messages, max_tokens=max_tokens)  # raises LLMNotConfigured
+        async with contextlib.aclosing(self._request("complete", messages, max_tokens)) as replies:
+            async for text in replies:
+                return str(text)
+        raise LLMUnavailable(_WORKER_EXITED)
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        if not self.is_configured():
+            async for delta in self._local.stream(messages):  # raises LLMNotConfigured
+                yield delta
+            return
+        async with contextlib.aclosing(self._request("stream", messages, None)) as replies:
+            async for text in replies:
+                if text:
+                    yield str(text)
+
+    async def ping(self) -> str:
+        if not self.is_configured():
+            return await self._local.ping()
+        async with contextlib.aclosing(self._request("ping", [], None)) as replies:
+            async for text in replies:
+                return str(text)
+        raise LLMUnavailable(_WORKER_EXITED)

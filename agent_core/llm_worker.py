@@ -1,0 +1,114 @@
+"""Child process that runs litellm for the gateway (see llm_process.py).
+
+Protocol: JSON lines. Parent -> child: one config line {"profiles", "default"}, then requests
+{"id", "op": "complete"|"stream"|"ping", "messages", "max_tokens"}. Child -> parent: {"ready": true}
+once litellm is imported, then {"id", "delta"} / {"id", "text"} / {"id", "error": {...}} per request.
+The child exits when its stdin closes, so it never outlives the gateway (even after kill -9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import IO, Any
+
+from agent_core.llm import ChatMessage, LiteLLMClient, LLMError, LLMProfile
+
+MAX_LINE = 32 * 1024 * 1024
+
+
+class _Redact(logging.Filter):
+    """Keys must never reach the log, even through litellm's own messages."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        record.msg, record.args = text, ()
+        return True
+
+
+def _error_payload(err: LLMError) -> dict[str, Any]:
+    return {"kind": type(err).__name__, "user_message": err.user_message, "detail": err.detail}
+
+
+class Worker:
+    """Serves requests concurrently; one writer so response lines never interleave."""
+
+    def __init__(self, client: LiteLLMClient, out: IO[bytes]) -> None:
+        self._client = client
+        self._out = out
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        try:
+            self._out.write(json.dumps(payload, ensure_ascii=False).encode() + b"\n")
+            self._out.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            os._exit(0)  # the gateway is gone (e.g. kill -9): nobody is waiting for this answer
+
+    def handle(self, request: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._serve(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: dict[str, Any]) -> None:
+        rid = request["id"]
+        messages = [ChatMessage.model_validate(m) for m in request.get("messages", [])]
+        try:
+            if request["op"] == "stream":
+                async for delta in self._client.stream(messages):
+                    self.send({"id": rid, "delta": delta})
+                self.send({"id": rid, "text": ""})
+            elif request["op"] == "ping":
+                self.send({"id": rid, "text": await self._client.ping()})
+            else:
+                text = await self._client.complete(messages, max_tokens=request.get("max_tokens"))
+                self.send({"id": rid, "text": text})
+        except LLMError as err:
+            self.send({"id": rid, "error": _error_payload(err)})
+        except Exception as exc:  # reported to the waiting turn instead of hanging it
+            self.send({"id": rid, "error": {"kind": "LLMUnavailable", "user_message": "", "detail": repr(exc)}})
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def serve(stdin: asyncio.StreamReader, out: IO[bytes]) -> None:
+    """Read the config, warm up, then answer requests until stdin closes."""
+    config = json.loads(await stdin.readline())
+    profiles = {name: LLMProfile.model_validate(p) for name, p in config["profiles"].items()}
+    client = LiteLLMClient(profiles, config["default"], os.environ)
+    secrets = [os.environ[p.api_key_env] for p in profiles.values() if p.api_key_env and p.api_key_env in os.environ]
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redact(secrets))
+    await client.warm_up()
+    worker = Worker(client, out)
+    worker.send({"ready": True})
+    while line := await stdin.readline():
+        worker.handle(json.loads(line))
+    await worker.drain()
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol stream
+    await serve(reader, protocol_out)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s llm-worker %(name)s %(message)s"
+    )
+    asyncio.run(_main())

@@ -1,0 +1,98 @@
+"""ProcessLLMClient: litellm in a child process, over real pipes, against the fake OpenAI server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent_core.llm import ChatMessage, LLMAuthError, LLMNotConfigured, LLMProfile, LLMUnavailable
+from agent_core.llm_process import ProcessLLMClient
+from tests.fakes.fake_llm import DelayReply, ErrorReply, FakeLLM
+
+KEY = "sk-process-secret-123456"
+MSGS = [ChatMessage(role="user", content="hello worker")]
+
+
+@pytest.fixture
+async def client(fake_llm: FakeLLM) -> AsyncIterator[ProcessLLMClient]:
+    profile = LLMProfile(model="openai/fake-model", api_base=fake_llm.base_url, api_key_env="K", retries=0, timeout=5)
+    env = {**os.environ, "K": KEY}
+    c = ProcessLLMClient({"default": profile}, "default", env)
+    await c.warm_up()
+    yield c
+    await c.close()
+
+
+def worker_pid(c: ProcessLLMClient) -> int:
+    proc = c._proc  # the test needs the child to kill it
+    assert proc is not None
+    return proc.pid
+
+
+async def test_complete_stream_and_ping_go_through_the_worker(client: ProcessLLMClient, fake_llm: FakeLLM) -> None:
+    assert await client.complete(MSGS) == "echo: hello worker"
+    deltas = [d async for d in client.stream(MSGS)]
+    assert len(deltas) > 1
+    assert "".join(deltas) == "echo: hello worker"
+    assert await client.ping() == "openai/fake-model"
+    requests = fake_llm.chat_requests()
+    assert len(requests) == 3
+    assert requests[0].authorization == f"Bearer {KEY}"
+    assert "worker process" in client.describe()
+    assert KEY not in client.describe()
+
+
+async def test_concurrent_calls_are_multiplexed(client: ProcessLLMClient, fake_llm: FakeLLM) -> None:
+    fake_llm.latency = 0.3
+    texts = [f"m{i}" for i in range(20)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    answers = await asyncio.gather(*(client.complete([ChatMessage(role="user", content=t)]) for t in texts))
+    assert answers == [f"echo: {t}" for t in texts]
+    assert loop.time() - start < 3, "20 calls of 0.3 s run side by side in the worker"
+
+
+async def test_errors_keep_their_type_and_hide_the_key(client: ProcessLLMClient, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(ErrorReply(status=401, body=f'{{"error": {{"message": "bad key {KEY}"}}}}'))
+    with pytest.raises(LLMAuthError) as err:
+        await client.complete(MSGS)
+    assert KEY not in str(err.value)
+    assert KEY not in err.value.user_message
+
+
+async def test_dead_worker_fails_calls_in_flight_and_is_replaced(client: ProcessLLMClient, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(DelayReply(5.0, then="too late"))
+    call = asyncio.ensure_future(client.complete(MSGS))
+    await asyncio.sleep(0.5)
+    first = worker_pid(client)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(LLMUnavailable) as err:
+        await asyncio.wait_for(call, 10)
+    assert "worker" in err.value.user_message
+    assert await client.complete(MSGS) == "echo: hello worker"
+    assert worker_pid(client) != first
+
+
+async def test_not_configured_needs_no_worker(fake_llm: FakeLLM) -> None:
+    profile = LLMProfile(model="openai/fake-model", api_base=fake_llm.base_url, api_key_env="MISSING_KEY_VAR")
+    c = ProcessLLMClient({"default": profile}, "default", {})
+    await c.warm_up()
+    with pytest.raises(LLMNotConfigured) as err:
+        await c.complete(MSGS)
+    assert "MISSING_KEY_VAR" in err.value.user_message
+    assert c._proc is None
+    await c.close()
+
+
+async def test_close_stops_the_worker(fake_llm: FakeLLM) -> None:
+    profile = LLMProfile(model="openai/fake-model", api_base=fake_llm.base_url)
+    c = ProcessLLMClient({"default": profile}, "default", dict(os.environ))
+    await c.warm_up()
+    proc = c._proc
+    assert proc is not None
+    await c.close()
+    assert proc.returncode == 0
