@@ -134,6 +134,25 @@ def system_busy() -> float:
     return sum(fields) / os.sysconf("SC_CLK_TCK")
 
 
+def _proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants that are alive now."""
+    total = _proc_cpu(pid)
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    total += _tree_cpu(int(child))
+    return total
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -214,10 +233,12 @@ class ServerProc:
         return f"http://127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the process (all its threads)."""
+        """utime + stime of the process (all its threads) and of its live child processes.
+
+        The gateway runs litellm in a worker child (llm.isolation: process); that CPU is the server's too.
+        """
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _tree_cpu(self.proc.pid)
 
     def rss_mb(self) -> float | None:
         assert self.proc is not None

@@ -18,13 +18,17 @@ def _version() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description="Self-improving LLM agent gateway for IM.")
     parser.add_argument("--version", action="version", version=f"switchboard {_version()}")
-    parser.add_argument("--config", help="YAML config file (default: $SWITCHBOARD_CONFIG or ./switchboard.yaml)")
+    config_help = "YAML config file (default: $SWITCHBOARD_CONFIG or ./switchboard.yaml)"
+    parser.add_argument("--config", help=config_help)
+    # Accepted after the subcommand too (`switchboard serve --config x.yaml`), as people type it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", help="run the gateway service (HTTP webhooks, adapters, workers)")
-    sub.add_parser("chat", help="chat with the agent in this terminal through the full pipeline")
-    doctor = sub.add_parser("doctor", help="check configuration, storage, LLM and adapters")
+    sub.add_parser("serve", parents=[common], help="run the gateway service (HTTP webhooks, adapters, workers)")
+    sub.add_parser("chat", parents=[common], help="chat with the agent in this terminal through the full pipeline")
+    doctor = sub.add_parser("doctor", parents=[common], help="check configuration, storage, LLM and adapters")
     doctor.add_argument("--no-llm-call", action="store_true", help="skip the 1-token LLM call")
-    config = sub.add_parser("config", help="configuration helpers")
+    config = sub.add_parser("config", parents=[common], help="configuration helpers")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_sub.add_parser("schema", help="print the JSON Schema of the config file")
     return parser

@@ -87,3 +87,12 @@ def test_schema_includes_adapter_sections(capsys: pytest.CaptureFixture[str]) ->
     schema = json.loads(capsys.readouterr().out)
     adapters = schema["properties"]["adapters"]["properties"]
     assert {"console", "webhook"} <= set(adapters)
+
+
+def test_config_option_works_before_and_after_the_subcommand() -> None:
+    from gateway.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["serve", "--config", "a.yaml"]).config == "a.yaml"
+    assert parser.parse_args(["--config", "b.yaml", "doctor"]).config == "b.yaml"
+    assert parser.parse_args(["chat"]).config is None
