@@ -107,31 +107,50 @@ class ProcessLLMClient:
                 env=self._env,
                 limit=32 * 1024 * 1024,
             )
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(self._config.encode() + b"\n")
             try:
-                ready = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout)
-            except TimeoutError:
-                proc.kill()
-                raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker did not start in time") from None
-            if not ready or not json.loads(ready).get("ready"):
-                raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker failed to start (see its stderr)")
+                await self._handshake(proc)
+            except BaseException:  # timeout, a bad answer, or cancelled during start-up: never leave it running
+                await _kill(proc)
+                raise
             self._proc = proc
             self._reader = asyncio.create_task(self._read(proc), name="llm-worker-reader")
             log.info("LLM worker process %s ready", proc.pid)
             return proc
 
+    async def _handshake(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(self._config.encode() + b"\n")
+        await proc.stdin.drain()
+        try:
+            ready = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout)
+        except TimeoutError:
+            raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker did not start in time") from None
+        try:
+            ok = bool(ready) and json.loads(ready).get("ready") is True
+        except ValueError:
+            ok = False
+        if not ok:
+            raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker failed to start (see its stderr)")
+
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
+        broken = False
         try:
             while line := await proc.stdout.readline():
-                message = json.loads(line)
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.error("LLM worker broke the protocol; restarting it")
+                    broken = True
+                    break
                 queue = self._pending.get(message.get("id", -1))
                 if queue is not None:
                     queue.put_nowait(message)
         finally:
             if self._proc is proc:
                 self._proc = None
+            if broken and proc.returncode is None:
+                proc.kill()
             exited = {"error": {"kind": "LLMUnavailable", "user_message": _WORKER_EXITED, "detail": "worker exited"}}
             for queue in self._pending.values():
                 queue.put_nowait(exited)
@@ -147,7 +166,11 @@ class ProcessLLMClient:
         try:
             line = {"id": rid, "op": op, "messages": [m.model_dump() for m in messages], "max_tokens": max_tokens}
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            try:
+                proc.stdin.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+                await proc.stdin.drain()  # a stuck worker pushes back instead of growing our buffer
+            except ConnectionError:
+                raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker pipe closed") from None
             while True:
                 message = await queue.get()
                 if "error" in message:
@@ -185,3 +208,10 @@ class ProcessLLMClient:
             async for text in replies:
                 return str(text)
         raise LLMUnavailable(_WORKER_EXITED)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill and reap a worker (shielded: it must finish even while we are being cancelled)."""
+    if proc.returncode is None:
+        proc.kill()
+    await asyncio.shield(proc.wait())

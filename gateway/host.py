@@ -59,6 +59,9 @@ class RuntimeHost:
             self._metrics.dedup_hits_total.labels(platform=msg.platform).inc()
         else:
             self._metrics.inbound_total.labels(platform=msg.platform).inc()
+        if result.pending:
+            # Also for a retry of a still-pending message: if the first delivery was journaled but its
+            # publish was cut short before queuing, this queues it; the bus ignores ids it already has.
             self._bus.submit(key, result.inbound_id)
         return PublishResult(inbound_id=result.inbound_id, duplicate=result.duplicate)
 

@@ -62,6 +62,9 @@ class OutboxSender:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Rows whose delivery finished while a due() query was running: that query may have read the
+        # database before the delivery's mark_* committed, so its copy of them is stale.
+        self._finished_during_query: set[int] | None = None
 
     def wake(self) -> None:
         """New replies were queued: look for due rows now instead of at the next poll."""
@@ -83,13 +86,23 @@ class OutboxSender:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                started = self._start_due(await self._outbox.due(self._clock(), self._free_slots()))
+                started = self._start_due(await self._fresh_due())
                 if started:
                     continue
                 await self._sleep_until_next(stop)
         finally:
             if self._in_flight:
                 await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    async def _fresh_due(self) -> list[OutboxItem]:
+        """Due rows, minus any whose delivery finished while the (off-loop) query ran."""
+        self._finished_during_query = set()
+        try:
+            items = await self._outbox.due(self._clock(), self._free_slots())
+            stale = self._finished_during_query
+        finally:
+            self._finished_during_query = None
+        return [item for item in items if item.outbox_id not in stale]
 
     def _free_slots(self) -> int:
         return self._settings.max_in_flight + len(self._in_flight)
@@ -124,6 +137,13 @@ class OutboxSender:
                 w.cancel()
 
     async def _deliver(self, item: OutboxItem) -> None:
+        try:
+            await self._attempt(item)
+        finally:
+            if self._finished_during_query is not None:
+                self._finished_during_query.add(item.outbox_id)
+
+    async def _attempt(self, item: OutboxItem) -> None:
         msg = item.message
         platform = msg.target.platform
         adapter = self._adapters.get(platform)

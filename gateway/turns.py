@@ -7,6 +7,7 @@ the turn commits, but nothing was visible then, so the user still sees exactly o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -40,14 +41,20 @@ def user_text(msg: InboundMessage) -> str:
     parts += [f"[{a.kind} attachment: {a.name or a.ref}]" for a in msg.attachments]
     body = "\n".join(parts) or "(empty message)"
     if msg.chat_kind == "group":
-        name = msg.sender_name.replace("<", "").replace(">", "")[:64]
+        name = "".join(c for c in msg.sender_name if c.isprintable() and c not in "<>")[:64]
         return f"<sender>{name}</sender> {body}"
     return body
 
 
-def reply_key(inbound_id: int, part: int) -> str:
-    """Idempotency key of a reply part: stable across re-runs of the same turn."""
-    return f"sb-{inbound_id}-{part}"
+def reply_key(msg: InboundMessage, part: int) -> str:
+    """Idempotency key of a reply part, derived from the platform's identity of the message.
+
+    Stable across re-runs of the turn, restarts and even a wiped database (a platform retry of the
+    same message gets the same key, which peers dedupe), and never reused for another message, unlike
+    journal row ids. 24 hex digits keep it within every platform's key length limit.
+    """
+    digest = hashlib.sha256(f"{msg.platform}\x1f{msg.bot_id}\x1f{msg.platform_msg_id}".encode()).hexdigest()
+    return f"sb-{digest[:24]}-{part}"
 
 
 class TurnRunner:
@@ -93,36 +100,48 @@ class TurnRunner:
                 self._metrics.turn_latency_seconds.observe(time.perf_counter() - started)
 
     async def _run(self, key: SessionKey, entries: Sequence[JournalEntry]) -> None:
-        ids = [e.inbound_id for e in entries]
         if self._llm_ready is not None:
             await self._llm_ready.wait()  # a kill during start-up is not the message's fault
-        await self._journal.begin_attempt(ids)
-        state = await self._sessions.load(key)
-        texts = [user_text(e.message) for e in entries]
-        if max(e.attempts for e in entries) >= self._settings.max_attempts:
-            log.error("giving up on inbound %s after %d attempts", ids, self._settings.max_attempts)
+        poisoned = [e for e in entries if e.attempts >= self._settings.max_attempts]
+        healthy = [e for e in entries if e.attempts < self._settings.max_attempts]
+        for entry in poisoned:  # alone, so messages merged with it still get a real answer
+            log.error("giving up on inbound %s after %d attempts", entry.inbound_id, entry.attempts)
             self._metrics.turn_errors_total.labels(kind="poison").inc()
-            answer_text = POISON_REPLY
-            history_add: tuple[HistoryMessage, ...] = ()
-        else:
+            await self._commit(key, [entry], POISON_REPLY, ())
+        if not healthy:
+            return
+        ids = [e.inbound_id for e in healthy]
+        await self._journal.begin_attempt(ids)
+        try:
+            state = await self._sessions.load(key)
+            texts = [user_text(e.message) for e in healthy]
             history = [ChatMessage(role=_role(m.role), content=m.content) for m in state.history]
             answer = await self._agent.answer(history, texts)
-            if answer.failed:
-                self._metrics.turn_errors_total.labels(kind=answer.error_kind or "llm").inc()
-            answer_text = answer.text
-            history_add = (
-                ()
-                if answer.failed
-                else (*(HistoryMessage("user", t) for t in texts), HistoryMessage("assistant", answer.text))
-            )
+        except asyncio.CancelledError:
+            # Shutdown, not the message's fault: do not count this attempt (the drain deadline passed).
+            await asyncio.shield(self._journal.undo_attempt(ids))
+            raise
+        if answer.failed:
+            self._metrics.turn_errors_total.labels(kind=answer.error_kind or "llm").inc()
+        history_add = (
+            ()
+            if answer.failed
+            else (*(HistoryMessage("user", t) for t in texts), HistoryMessage("assistant", answer.text))
+        )
+        await self._commit(key, healthy, answer.text, history_add)
+
+    async def _commit(
+        self, key: SessionKey, entries: Sequence[JournalEntry], text: str, history_add: tuple[HistoryMessage, ...]
+    ) -> None:
         last = entries[-1]
         reply = OutboundMessage(
             target=reply_target(last.message),
-            parts=(MarkdownPart(text=answer_text),),
-            idempotency_key=reply_key(last.inbound_id, 0),
+            parts=(MarkdownPart(text=text),),
+            idempotency_key=reply_key(last.message, 0),
         )
         now = self._clock()
-        record = TurnRecord(session_key=key, inbound_ids=tuple(ids), messages=tuple(history_add))
+        ids = tuple(e.inbound_id for e in entries)
+        record = TurnRecord(session_key=key, inbound_ids=ids, messages=history_add)
         await self._ledger.complete_turn(record, [reply], now=now, deadline=now + self._settings.reply_deadline_seconds)
         self._sessions.record(key, history_add)
         self._on_replies_queued()

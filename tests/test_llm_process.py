@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,32 @@ async def test_close_stops_the_worker(fake_llm: FakeLLM) -> None:
     assert proc is not None
     await c.close()
     assert proc.returncode == 0
+
+
+def _live_workers() -> list[int]:
+    """Child processes of this test process running the LLM worker."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            stat = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc_dir / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"agent_core.llm_worker" in cmdline:
+            found.append(int(proc_dir.name))
+    return found
+
+
+async def test_cancelled_start_up_leaves_no_worker_behind(fake_llm: FakeLLM) -> None:
+    profile = LLMProfile(model="openai/fake-model", api_base=fake_llm.base_url)
+    c = ProcessLLMClient({"default": profile}, "default", dict(os.environ))
+    before = set(_live_workers())
+    warm = asyncio.ensure_future(c.warm_up())
+    await asyncio.sleep(0.3)  # the child is importing litellm
+    warm.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await warm
+    await c.close()
+    assert set(_live_workers()) - before == set()

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import random
+import time
+from pathlib import Path
 
-from gateway.sender import SenderSettings, backoff_delay
+import pytest
+
+from adapters.base import SendReceipt
+from gateway.messages import ChatKind, MarkdownPart, OutboundMessage, Target
+from gateway.metrics import Metrics
+from gateway.sender import OutboxSender, SenderSettings, backoff_delay
+from gateway.store.interfaces import OutboxItem
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.sqlite_db import SqliteDatabase
+from gateway.store.sqlite_outbox import SqliteOutbox
 
 
 def test_backoff_grows_is_jittered_and_capped() -> None:
@@ -20,3 +33,62 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
 def test_backoff_survives_huge_attempt_counts() -> None:
     settings = SenderSettings(base_backoff=0.5, max_backoff=300.0)
     assert 150.0 <= backoff_delay(10_000, settings, random.Random(1)) <= 300.0
+
+
+class _LateOutbox(SqliteOutbox):
+    """Hands due() results back late, as a busy reader pool does: the race that once re-sent replies."""
+
+    def __init__(self, db: SqliteDatabase, delay: float) -> None:
+        super().__init__(db)
+        self._delay = delay
+
+    async def due(self, now: float, limit: int) -> list[OutboxItem]:
+        items = await super().due(now, limit)
+        await asyncio.sleep(self._delay)
+        return items
+
+
+class _RecordingAdapter:
+    """A platform that records every delivery (test double at the adapter seam)."""
+
+    name = "webhook"
+
+    def __init__(self) -> None:
+        self.sent: collections.Counter[str] = collections.Counter()
+
+    async def send(self, msg: OutboundMessage) -> SendReceipt:
+        self.sent[msg.idempotency_key] += 1
+        await asyncio.sleep(random.random() * 0.003)
+        return SendReceipt("ok")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01])
+async def test_no_reply_is_sent_twice_when_due_results_arrive_late(tmp_path: Path, delay: float) -> None:
+    db = SqliteDatabase(tmp_path / "o.sqlite3")
+    await db.open(MIGRATIONS)
+    try:
+        outbox = _LateOutbox(db, delay)
+        now = time.time()
+        replies = [
+            OutboundMessage(
+                target=Target(platform="webhook", bot_id="b", chat_id=f"c{i % 50}", chat_kind=ChatKind.DIRECT),
+                parts=(MarkdownPart(text="x" * 2000),),
+                idempotency_key=f"k{i}",
+            )
+            for i in range(300)
+        ]
+        await outbox.enqueue(replies, now=now, deadline=now + 3600)
+        adapter = _RecordingAdapter()
+        sender = OutboxSender(outbox, {"webhook": adapter}, Metrics(), SenderSettings())  # type: ignore[dict-item]
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        for _ in range(400):
+            await asyncio.sleep(0.05)
+            if (await outbox.stats()).pending == 0:
+                break
+        stop.set()
+        await task
+        assert len(adapter.sent) == 300
+        assert [k for k, n in adapter.sent.items() if n > 1] == []
+    finally:
+        await db.close()

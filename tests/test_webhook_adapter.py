@@ -856,7 +856,7 @@ def oracle(body: bytes) -> dict[str, Any] | None:
         and isinstance(attachments, list)
         and len(attachments) <= 20
         and all(_valid_attachment(a) for a in attachments)
-        and bool(text or attachments)
+        and bool(text.strip() or attachments)
     )
     return data if ok else None
 
@@ -980,3 +980,13 @@ def test_fuzz_inbound_never_500_and_never_publishes_invalid() -> None:
             bg.run(host.close())
         assert statuses.get(200, 0) > 10, statuses  # the generator must actually reach the happy path
         assert statuses.get(400, 0) > 10, statuses
+
+
+def test_whitespace_only_text_is_not_a_message() -> None:
+    import pydantic
+
+    from adapters.webhook.wire import WebhookInbound
+
+    body = {"message_id": "m", "chat_id": "c", "chat_type": "direct", "sender": {"id": "u"}, "text": " \n\t "}
+    with pytest.raises(pydantic.ValidationError, match="neither text nor attachments"):
+        WebhookInbound.model_validate(body)

@@ -60,7 +60,7 @@ class WebhookInbound(_Strict):
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
         # An empty message would start an agent turn about nothing.
-        if not self.text and not self.attachments:
+        if not self.text.strip() and not self.attachments:
             raise ValueError("message has neither text nor attachments")
         return self
 

@@ -25,10 +25,12 @@ class JournalEntry:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """`duplicate` is True when the platform delivered this message before."""
+    """`duplicate` is True when the platform delivered this message before; `pending` when its turn
+    has not completed yet (so a retry may safely re-queue it)."""
 
     inbound_id: int
     duplicate: bool
+    pending: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Journal(Protocol):
     async def load(self, inbound_ids: Sequence[int]) -> list[JournalEntry]: ...
 
     async def begin_attempt(self, inbound_ids: Sequence[int]) -> None: ...
+
+    async def undo_attempt(self, inbound_ids: Sequence[int]) -> None: ...
 
     async def prune_done(self, before: float) -> int: ...
 

@@ -50,10 +50,10 @@ class SqliteJournal:
             if row is not None:
                 return AppendResult(inbound_id=row[0], duplicate=False)
             existing = conn.execute(
-                "SELECT id FROM inbound WHERE platform = ? AND bot_id = ? AND platform_msg_id = ?",
+                "SELECT id, status FROM inbound WHERE platform = ? AND bot_id = ? AND platform_msg_id = ?",
                 (msg.platform, msg.bot_id, msg.platform_msg_id),
             ).fetchone()
-            return AppendResult(inbound_id=existing[0], duplicate=True)
+            return AppendResult(inbound_id=existing[0], duplicate=True, pending=existing[1] == "pending")
 
         return await self._db.write(op)
 
@@ -89,6 +89,15 @@ class SqliteJournal:
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany("UPDATE inbound SET attempts = attempts + 1 WHERE id = ?", ids)
+
+        await self._db.write(op)
+
+    async def undo_attempt(self, inbound_ids: Sequence[int]) -> None:
+        """Take back an attempt that ended because we shut down, not because the message broke us."""
+        ids = [(i,) for i in inbound_ids]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE inbound SET attempts = max(attempts - 1, 0) WHERE id = ?", ids)
 
         await self._db.write(op)
 
