@@ -60,6 +60,8 @@ class ProcessLLMClient:
         )
         self._env = dict(env)
         self._start_timeout = start_timeout
+        # No answer within every profile's whole retry budget means the worker is stuck, not slow.
+        self._call_timeout = 30.0 + sum(p.timeout * (p.retries + 1) for p in profiles.values())
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
@@ -172,7 +174,10 @@ class ProcessLLMClient:
             except ConnectionError:
                 raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker pipe closed") from None
             while True:
-                message = await queue.get()
+                try:
+                    message = await asyncio.wait_for(queue.get(), self._call_timeout)
+                except TimeoutError:
+                    raise LLMUnavailable(detail="no answer from the LLM worker in time") from None
                 if "error" in message:
                     raise _to_error(message["error"])
                 if "delta" in message:

@@ -9,6 +9,7 @@ The child exits when its stdin closes, so it never outlives the gateway (even af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,9 @@ class _Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        if record.exc_info:  # tracebacks can quote a key too: fold them into the redacted text
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, None
         for secret in self._secrets:
             text = text.replace(secret, "***")
         record.msg, record.args = text, ()
@@ -60,18 +64,21 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, request: dict[str, Any]) -> None:
-        rid = request["id"]
-        messages = [ChatMessage.model_validate(m) for m in request.get("messages", [])]
+        rid = request.get("id")
         try:
-            if request["op"] == "stream":
+            messages = [ChatMessage.model_validate(m) for m in request.get("messages", [])]
+            op = request.get("op")
+            if op == "stream":
                 async for delta in self._client.stream(messages):
                     self.send({"id": rid, "delta": delta})
                 self.send({"id": rid, "text": ""})
-            elif request["op"] == "ping":
+            elif op == "ping":
                 self.send({"id": rid, "text": await self._client.ping()})
-            else:
+            elif op == "complete":
                 text = await self._client.complete(messages, max_tokens=request.get("max_tokens"))
                 self.send({"id": rid, "text": text})
+            else:
+                raise ValueError(f"unknown op {op!r}")
         except LLMError as err:
             self.send({"id": rid, "error": _error_payload(err)})
         except Exception as exc:  # reported to the waiting turn instead of hanging it
@@ -87,14 +94,23 @@ async def serve(stdin: asyncio.StreamReader, out: IO[bytes]) -> None:
     config = json.loads(await stdin.readline())
     profiles = {name: LLMProfile.model_validate(p) for name, p in config["profiles"].items()}
     client = LiteLLMClient(profiles, config["default"], os.environ)
-    secrets = [os.environ[p.api_key_env] for p in profiles.values() if p.api_key_env and p.api_key_env in os.environ]
+    secrets = [os.environ.get(p.api_key_env, "").strip() for p in profiles.values() if p.api_key_env]
+    for path in (p.api_key_file for p in profiles.values() if p.api_key_file):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            secrets.append(path.read_text(encoding="utf-8").strip())
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redact(secrets))
     await client.warm_up()
     worker = Worker(client, out)
     worker.send({"ready": True})
     while line := await stdin.readline():
-        worker.handle(json.loads(line))
+        try:
+            request = json.loads(line)
+        except ValueError:
+            logging.getLogger(__name__).error("ignoring a request line that is not JSON")
+            continue
+        if isinstance(request, dict):
+            worker.handle(request)
     await worker.drain()
 
 

@@ -20,7 +20,7 @@ from agent_core.chat import ChatAgent
 from agent_core.llm import LiteLLMClient, LLMClient
 from agent_core.llm_process import ProcessLLMClient
 from gateway.bus import SessionBus
-from gateway.config import Settings
+from gateway.config import Settings, section_enabled
 from gateway.errors import ConfigError
 from gateway.host import RuntimeHost
 from gateway.housekeeping import run_housekeeping
@@ -45,9 +45,12 @@ def build_adapters(settings: Settings, env: Mapping[str, str]) -> dict[str, Adap
     """Instantiate every enabled adapter from its config section."""
     built: dict[str, Adapter] = {}
     for name, raw in settings.adapters.items():
-        if not raw.get("enabled", False):
-            continue
-        module = adapter_registry.load(name)
+        try:
+            if not section_enabled(raw):
+                continue
+            module = adapter_registry.load(name)
+        except (ConfigError, KeyError) as exc:
+            raise ConfigError(f"adapters.{name}: {exc}") from None
         built[name] = module.create(raw, env)
     return built
 
@@ -122,6 +125,7 @@ class Runtime:
             mode=settings.bus.pending_mode,
         )
         self._accepting = False
+        self._started = False
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -137,6 +141,7 @@ class Runtime:
         except BaseException:
             await self._shutdown()
             raise
+        self._started = True
 
     async def _start(self) -> None:
         await self.db.open(MIGRATIONS)
@@ -207,7 +212,7 @@ class Runtime:
     async def readiness(self) -> dict[str, bool]:
         """DB writable, adapters connected, not draining."""
         try:
-            await asyncio.wait_for(self.db.write(lambda conn: conn.execute("SELECT 1").fetchone()), 5)
+            await asyncio.wait_for(self.db.probe_write(), 5)
             db_ok = True
         except Exception:
             db_ok = False
@@ -259,7 +264,13 @@ class Runtime:
         return False
 
     async def stop(self) -> None:
-        """Drain: refuse new work, let running turns and due replies finish, then close everything."""
+        """Drain: refuse new work, let running turns and due replies finish, then close everything.
+
+        Safe to call twice, or after a failed start (which already closed what it had opened).
+        """
+        if not self._started:
+            return
+        self._started = False
         self._accepting = False
         drain = self.settings.server.drain_seconds
         try:

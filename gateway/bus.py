@@ -135,6 +135,6 @@ class SessionBus:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("turn failed for session %s; retrying in %.1fs", key, delay)
+                log.exception("turn failed for session %s (inbound %s); retrying in %.1fs", key, ids, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)

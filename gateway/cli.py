@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from gateway.errors import ConfigError
+    from gateway.errors import ConfigError, GatewayError
 
     try:
         if args.command == "serve":
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             return print_schema()
     except ConfigError as exc:
         print(f"switchboard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent_core.chat import DEFAULT_SYSTEM_PROMPT
@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """The SQLite file."""
         return self.storage.data_dir / "switchboard.sqlite3"
+
+
+def section_enabled(raw: Mapping[str, Any]) -> bool:
+    """`enabled` of a raw adapter section; env overrides arrive as strings ("false" must mean False)."""
+    try:
+        return bool(TypeAdapter(bool).validate_python(raw.get("enabled", False)))
+    except ValidationError:
+        raise ConfigError(f"enabled: expected true or false, got {raw.get('enabled')!r}") from None
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:

@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config import Settings, config_path, env_snapshot, load_settings
+from gateway.config import Settings, config_path, env_snapshot, load_settings, section_enabled
 from gateway.errors import ConfigError, GatewayError
 
 Status = Literal["ok", "warn", "FAIL"]
@@ -92,7 +92,11 @@ def check_adapters(settings: Settings, env: dict[str, str]) -> list[Check]:
 
     checks: list[Check] = []
     for name, raw in settings.adapters.items():
-        if not raw.get("enabled", False):
+        try:
+            if not section_enabled(raw):
+                continue
+        except ConfigError as exc:
+            checks.append(Check("FAIL", f"adapter {name}", str(exc)))
             continue
         try:
             registry.load(name).create(raw, env)

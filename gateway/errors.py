@@ -14,6 +14,10 @@ class ConfigError(GatewayError):
     """The configuration is invalid; the message names the key path and the reason."""
 
 
+class StorageError(GatewayError):
+    """The state store cannot be opened or written (path, permissions, disk)."""
+
+
 class SendError(GatewayError):
     """Delivering an outbound message failed; `code` is the platform's error code or HTTP status."""
 

@@ -111,6 +111,9 @@ class RedactingFilter(logging.Filter):
         for key, value in list(record.__dict__.items()):
             if key in _STANDARD_ATTRS or value is None or isinstance(value, bool | int | float):
                 continue
+            if _SECRET_FIELD.search(key):
+                record.__dict__[key] = "***"  # extra={"token": ...}: the name says what the value is
+                continue
             if isinstance(value, str):
                 record.__dict__[key] = self.redact(value)
             else:
@@ -118,6 +121,9 @@ class RedactingFilter(logging.Filter):
                 redacted = self.redact(text)
                 if redacted != text:
                     record.__dict__[key] = redacted
+
+
+_SECRET_FIELD = re.compile(r"(secret|token|password|passwd|api_?key|authorization)$", re.IGNORECASE)
 
 
 def _record_cid(record: logging.LogRecord) -> str:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import adapters as adapter_registry
 from adapters.console import ConsoleAdapter
 from gateway.app import Runtime
-from gateway.config import Settings, config_path, env_snapshot, json_schema, load_settings
+from gateway.config import Settings, config_path, env_snapshot, json_schema, load_settings, section_enabled
 from gateway.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -26,20 +28,28 @@ NO_LLM_HINT = (
 
 
 def _secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """Every secret value the config points at (env vars and files), as the code will use it (stripped)."""
     names = [p.api_key_env for p in settings.llm.profiles.values() if p.api_key_env]
+    files = [p.api_key_file for p in settings.llm.profiles.values() if p.api_key_file]
     for section in settings.adapters.values():
-        names += _secret_env_names(section)
-    return [env[n] for n in names if env.get(n)]
+        names += _secret_refs(section, "_env")
+        files += [Path(f) for f in _secret_refs(section, "_file")]
+    values = [env.get(n, "") for n in names]
+    for path in files:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            values.append(path.read_text(encoding="utf-8"))
+    return [v.strip() for v in values if v.strip()]
 
 
-def _secret_env_names(section: Any) -> list[str]:
+def _secret_refs(section: Any, suffix: str) -> list[str]:
+    """Values of every `*<suffix>` key in a nested adapter section (names of env vars or files)."""
     found: list[str] = []
     if isinstance(section, dict):
         for key, value in section.items():
-            if key.endswith("_env") and isinstance(value, str):
+            if str(key).endswith(suffix) and isinstance(value, str):
                 found.append(value)
             else:
-                found += _secret_env_names(value)
+                found += _secret_refs(value, suffix)
     return found
 
 
@@ -55,6 +65,14 @@ def prepare(config: str | None, *, quiet: bool = False) -> tuple[Settings, dict[
     return settings, env
 
 
+def _interactive_foreground() -> bool:
+    """Read the terminal only when we own it: `serve &` reading stdin would be stopped by SIGTTIN."""
+    try:
+        return sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
+
+
 def _install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,10 +83,8 @@ async def serve(config: str | None) -> int:
     """Run the service until SIGTERM/SIGINT, then drain."""
     settings, env = prepare(config)
     console_raw = settings.adapters.get("console", {})
-    if sys.stdin.isatty() and console_raw.get("enabled", True):
-        settings.adapters["console"] = {**console_raw, "enabled": True}
-    else:
-        settings.adapters["console"] = {**console_raw, "enabled": False}
+    wanted = section_enabled({"enabled": True, **console_raw})
+    settings.adapters["console"] = {**console_raw, "enabled": wanted and _interactive_foreground()}
     runtime = Runtime(settings, env)
     if not runtime.llm.is_configured():
         log.warning(NO_LLM_HINT)

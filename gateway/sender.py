@@ -170,7 +170,9 @@ class OutboxSender:
         platform = item.message.target.platform
         self._metrics.send_errors_total.labels(platform=platform, code=exc.code or "unknown").inc()
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            delay = max(0.0, exc.retry_after)
+            # Honoured within [base_backoff, max_backoff]: "Retry-After: 0" (or a past date) must not become
+            # a tight resend loop, and an absurd value must not turn a throttle into a dead letter.
+            delay = min(max(exc.retry_after, self._settings.base_backoff), self._settings.max_backoff)
         else:
             delay = backoff_delay(item.attempts, self._settings, self._rng)
         now = self._clock()

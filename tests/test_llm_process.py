@@ -68,7 +68,7 @@ async def test_errors_keep_their_type_and_hide_the_key(client: ProcessLLMClient,
 async def test_dead_worker_fails_calls_in_flight_and_is_replaced(client: ProcessLLMClient, fake_llm: FakeLLM) -> None:
     fake_llm.enqueue(DelayReply(5.0, then="too late"))
     call = asyncio.ensure_future(client.complete(MSGS))
-    await asyncio.sleep(0.5)
+    await asyncio.to_thread(fake_llm.wait_for_requests, 1, 30)  # the slow request is in flight
     first = worker_pid(client)
     os.kill(first, signal.SIGKILL)
     with pytest.raises(LLMUnavailable) as err:

@@ -7,7 +7,9 @@ exercises the production pipeline. End of input ends the chat once every reply i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TextIO
@@ -31,8 +33,29 @@ class ConsoleConfig(BaseModel):
 
 
 async def _stdin_line() -> str | None:
-    line = await asyncio.to_thread(sys.stdin.readline)
-    return line if line else None
+    """One line from stdin, read on a daemon thread.
+
+    Not asyncio.to_thread: the default executor is joined at interpreter exit, so a reader blocked
+    on a terminal would keep a stopped gateway alive until someone pressed Enter.
+    """
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def deliver(text: str) -> None:
+        if not line.done():
+            line.set_result(text)
+
+    def read() -> None:
+        try:
+            text = sys.stdin.readline()
+        except (OSError, ValueError):
+            text = ""
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+            loop.call_soon_threadsafe(deliver, text)
+
+    threading.Thread(target=read, name="console-stdin", daemon=True).start()
+    text = await line
+    return text if text else None
 
 
 class ConsoleAdapter:

@@ -54,7 +54,8 @@ class WebhookConfig(BaseModel):
 
     enabled: bool = False
     bots: dict[BotId, WebhookBotConfig] = Field(default_factory=dict)
-    timestamp_window: float = Field(default=300, gt=0)
+    # At most an hour: a replay must never outlive the journal's dedup memory (storage.retention_seconds >= 1 h).
+    timestamp_window: float = Field(default=300, gt=0, le=3600)
     max_body_bytes: int = Field(default=65536, gt=0, le=16 * 1024 * 1024)
 
 

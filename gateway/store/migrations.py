@@ -88,8 +88,14 @@ def m003_sessions(conn: sqlite3.Connection) -> None:
     )
 
 
+def m004_health(conn: sqlite3.Connection) -> None:
+    """One row rewritten by readiness probes: a real page write, so a full disk shows as not ready."""
+    run_script(conn, "CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL)")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_journal", m001_journal),
     ("002_outbox", m002_outbox),
     ("003_sessions", m003_sessions),
+    ("004_health", m004_health),
 ]

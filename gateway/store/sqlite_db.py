@@ -15,11 +15,14 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from gateway.errors import StorageError
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -71,9 +74,12 @@ class SqliteDatabase:
     async def open(self, migrations: list[Migration]) -> None:
         """Create the file, apply pending migrations, start the writer and readers."""
         self._loop = asyncio.get_running_loop()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await asyncio.to_thread(connect, self.path, self._synchronous)
-        await asyncio.to_thread(apply_migrations, conn, migrations)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await asyncio.to_thread(connect, self.path, self._synchronous)
+            await asyncio.to_thread(apply_migrations, conn, migrations)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the database {self.path}: {exc}") from exc
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-writer", daemon=True)
         self._writer.start()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-reader")
@@ -91,6 +97,19 @@ class SqliteDatabase:
         if self._readers is None:
             raise RuntimeError("database is not open")
         return await loop.run_in_executor(self._readers, self._run_read, op)
+
+    async def probe_write(self) -> None:
+        """Prove the database accepts writes now (a page is written, not just a transaction opened)."""
+        stamp = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO health (id, checked_at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                (stamp,),
+            )
+
+        await self.write(op)
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""
