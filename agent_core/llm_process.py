@@ -175,7 +175,8 @@ class ProcessLLMClient:
                 raise LLMUnavailable(_WORKER_EXITED, detail="LLM worker pipe closed") from None
             while True:
                 try:
-                    message = await asyncio.wait_for(queue.get(), self._call_timeout)
+                    async with asyncio.timeout(self._call_timeout):
+                        message = await queue.get()
                 except TimeoutError:
                     raise LLMUnavailable(detail="no answer from the LLM worker in time") from None
                 if "error" in message:

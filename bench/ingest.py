@@ -77,6 +77,8 @@ from support import (  # noqa: E402
 )
 
 from adapters.webhook.signing import signed_headers  # noqa: E402
+from gateway.messages import ChatKind, InboundMessage  # noqa: E402
+from gateway.turns import reply_key  # noqa: E402
 from tests.fakes.fake_llm import DelayReply, FakeLLM  # noqa: E402
 from tests.fakes.webhook_peer import CallbackReceiver, make_payload  # noqa: E402
 
@@ -274,8 +276,8 @@ class Bench:
                         if i == warm:
                             async with session.get(server.url + "/metrics") as resp:
                                 before = parse_metrics(await resp.text())
-                        sent, acked, inbound_id = await post_one(session, url, f"e2e-{i}", f"e2e-user-{i}")
-                        key = f"sb-{inbound_id}-0"
+                        sent, acked, _inbound_id = await post_one(session, url, f"e2e-{i}", f"e2e-user-{i}")
+                        key = reply_key(_as_inbound(f"e2e-{i}"), 0)
                         delivery = await asyncio.to_thread(_wait_key, receiver, key, 30.0)
                         if i >= warm:
                             e2e.append(delivery.received_at - sent)
@@ -301,6 +303,18 @@ class Bench:
             "ack_to_callback_p99_ms": ms(after_ack, 99),
             "turn_latency_metric": turn_histogram_delta(before, after),
         }
+
+
+def _as_inbound(message_id: str) -> InboundMessage:
+    """Just enough of the message the gateway journals to derive its reply's idempotency key."""
+    return InboundMessage(
+        platform="webhook",
+        bot_id=BOT,
+        platform_msg_id=message_id,
+        chat_id="-",
+        chat_kind=ChatKind.DIRECT,
+        sender_id="-",
+    )
 
 
 async def post_one(session: aiohttp.ClientSession, url: str, message_id: str, user: str) -> tuple[float, float, int]:

@@ -55,6 +55,11 @@ def _json_error(status: int, error: str, headers: Mapping[str, str] | None = Non
     return web.json_response({"error": error, **extra}, status=status, headers=headers)
 
 
+def _ack_body(duplicate: bool, inbound_id: int) -> str:
+    """`json.dumps({"ok": True, "duplicate": duplicate, "id": inbound_id})`, without the generic encoder."""
+    return f'{{"ok": true, "duplicate": {"true" if duplicate else "false"}, "id": {int(inbound_id)}}}'
+
+
 def _log_id(value: str) -> str:
     """A caller-controlled string made safe for one log line."""
     return repr(value[:64])
@@ -182,7 +187,7 @@ class WebhookAdapter:
             result = await host.publish(msg)
         except BackpressureError:
             return self._reject(request, bot_id, 503, "busy", {"Retry-After": str(RETRY_AFTER_BACKPRESSURE)})
-        return web.json_response({"ok": True, "duplicate": result.duplicate, "id": result.inbound_id})
+        return web.Response(text=_ack_body(result.duplicate, result.inbound_id), content_type="application/json")
 
     def _reject(
         self,
