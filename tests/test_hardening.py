@@ -105,3 +105,18 @@ async def test_llm_worker_answers_malformed_requests_instead_of_hanging(fake_llm
     assert answers[3]["text"] == "echo: still alive?"
     proc.stdin.close()
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_journal_failure_is_a_503_not_an_ack(runtime_factory: RuntimeFactory, receiver: CallbackReceiver) -> None:
+    async with runtime_factory() as rt, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{rt.port}/webhooks/webhook/ops"
+        await rt.db.write(lambda conn: conn.execute("ALTER TABLE inbound RENAME TO inbound_gone"))
+        status, body = await send_signed(session, url, BOT_SECRET, make_payload("j1", "c1", "u", "hi"))
+        assert status == 503
+        assert "unable" in body["error"]
+        async with session.get(f"http://127.0.0.1:{rt.port}/healthz") as resp:
+            assert resp.status == 200
+        await rt.db.write(lambda conn: conn.execute("ALTER TABLE inbound_gone RENAME TO inbound"))
+        status, _ = await send_signed(session, url, BOT_SECRET, make_payload("j1", "c1", "u", "hi"))
+        assert status == 200, "the platform's retry is accepted once storage works again"
+        await receiver.async_wait_visible(1, seconds=15)

@@ -187,6 +187,11 @@ class WebhookAdapter:
             result = await host.publish(msg)
         except BackpressureError:
             return self._reject(request, bot_id, 503, "busy", {"Retry-After": str(RETRY_AFTER_BACKPRESSURE)})
+        except Exception:  # e.g. disk full: not journaled, so not acked; the sender must retry
+            log.exception("could not journal a webhook message for bot %s", _log_id(bot_id))
+            return _json_error(
+                503, "temporarily unable to accept messages", {"Retry-After": str(RETRY_AFTER_BACKPRESSURE)}
+            )
         return web.Response(text=_ack_body(result.duplicate, result.inbound_id), content_type="application/json")
 
     def _reject(
