@@ -64,6 +64,7 @@ class ProcessLLMClient:
         self._call_timeout = 30.0 + sum(p.timeout * (p.retries + 1) for p in profiles.values())
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._relays: set[asyncio.Task[None]] = set()
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._next_id = 0
         self._start_lock = asyncio.Lock()
@@ -95,6 +96,10 @@ class ProcessLLMClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
+        if self._relays:  # they end at the worker's EOF; a stuck one is cancelled
+            _, stuck = await asyncio.wait(self._relays, timeout=2)
+            for task in stuck:
+                task.cancel()
 
     async def _ensure_started(self) -> asyncio.subprocess.Process:
         async with self._start_lock:
@@ -106,9 +111,13 @@ class ProcessLLMClient:
                 "agent_core.llm_worker",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
                 env=self._env,
                 limit=32 * 1024 * 1024,
             )
+            relay = asyncio.create_task(_relay_stderr(proc), name="llm-worker-stderr")
+            self._relays.add(relay)
+            relay.add_done_callback(self._relays.discard)
             try:
                 await self._handshake(proc)
             except BaseException:  # timeout, a bad answer, or cancelled during start-up: never leave it running
@@ -221,3 +230,12 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.kill()
     await asyncio.shield(proc.wait())
+
+
+async def _relay_stderr(proc: asyncio.subprocess.Process) -> None:
+    """Worker diagnostics go through our logging, so they get its redaction, JSON format and level."""
+    assert proc.stderr is not None
+    while line := await proc.stderr.readline():
+        text = line.decode("utf-8", errors="replace").rstrip()
+        if text:
+            log.warning("llm worker %s: %s", proc.pid, text)

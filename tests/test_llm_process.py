@@ -126,3 +126,19 @@ async def test_cancelled_start_up_leaves_no_worker_behind(fake_llm: FakeLLM) -> 
         await warm
     await c.close()
     assert set(_live_workers()) - before == set()
+
+
+async def test_worker_diagnostics_come_through_our_logging(
+    client: ProcessLLMClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    proc = client._proc  # write a broken request line straight into the worker's pipe
+    assert proc is not None and proc.stdin is not None
+    with caplog.at_level("WARNING", logger="agent_core.llm_process"):
+        proc.stdin.write(b"not a request\n")
+        await proc.stdin.drain()
+        for _ in range(100):
+            if any("not JSON" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+    assert any("llm worker" in r.getMessage() and "not JSON" in r.getMessage() for r in caplog.records)
+    assert await client.complete(MSGS) == "echo: hello worker", "the worker survives a broken line"
