@@ -6,7 +6,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
-from prometheus_client import Counter
 
 from adapters.base import Handler, PublishResult
 from gateway.bus import SessionBus
@@ -39,8 +38,6 @@ class RuntimeHost:
         self._group_scope = group_scope
         self._accepting = accepting
         self.routes: list[tuple[str, str, Handler]] = []
-        # (dedup_hits_total, inbound_total) children per platform: labels() is a locked lookup per call.
-        self._counters: dict[str, tuple[Counter, Counter]] = {}
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -58,13 +55,8 @@ class RuntimeHost:
             raise BackpressureError("gateway is saturated or shutting down; retry later")
         key = session_key_for(msg, self._group_scope)
         result = await self._journal.append(msg, key)
-        counters = self._counters.get(msg.platform)
-        if counters is None:
-            counters = self._counters[msg.platform] = (
-                self._metrics.dedup_hits_total.labels(platform=msg.platform),
-                self._metrics.inbound_total.labels(platform=msg.platform),
-            )
-        counters[0 if result.duplicate else 1].inc()
+        counter = self._metrics.dedup_hits_total if result.duplicate else self._metrics.inbound_total
+        counter.labels(platform=msg.platform).inc()
         if result.pending:
             # Also for a retry of a still-pending message: if the first delivery was journaled but its
             # publish was cut short before queuing, this queues it; the bus ignores ids it already has.

@@ -75,12 +75,6 @@ class OutboxSender:
         """Deliveries currently running."""
         return len(self._in_flight)
 
-    async def run_once(self) -> int:
-        """Deliver everything due right now (one attempt each); returns how many attempts were made."""
-        items = await self._outbox.due(self._clock(), self._settings.max_in_flight)
-        await asyncio.gather(*(self._deliver(item) for item in items))
-        return len(items)
-
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver continuously until `stop` is set; in-flight deliveries are finished first."""
         try:

@@ -151,8 +151,7 @@ async def test_history_is_per_session(db: SqliteDatabase) -> None:
         rec = TurnRecord(key, (r.inbound_id,), (HistoryMessage("user", f"secret of {user}"),))
         await ledger.complete_turn(rec, [], now=1.0, deadline=2.0)
     alice = session_key_for(inbound("z", user="alice", chat="g", kind=ChatKind.GROUP))
-    assert [m.content for m in await SqliteSessionStore(db).history(alice, 10)] == ["secret of alice"]
-    assert store is not None
+    assert [m.content for m in await store.history(alice, 10)] == ["secret of alice"]
 
 
 def test_migrations_run_once_by_name(tmp_path: Path) -> None:

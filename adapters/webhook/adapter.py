@@ -55,11 +55,6 @@ def _json_error(status: int, error: str, headers: Mapping[str, str] | None = Non
     return web.json_response({"error": error, **extra}, status=status, headers=headers)
 
 
-def _ack_body(duplicate: bool, inbound_id: int) -> str:
-    """`json.dumps({"ok": True, "duplicate": duplicate, "id": inbound_id})`, without the generic encoder."""
-    return f'{{"ok": true, "duplicate": {"true" if duplicate else "false"}, "id": {int(inbound_id)}}}'
-
-
 def _log_id(value: str) -> str:
     """A caller-controlled string made safe for one log line."""
     return repr(value[:64])
@@ -192,7 +187,7 @@ class WebhookAdapter:
             return _json_error(
                 503, "temporarily unable to accept messages", {"Retry-After": str(RETRY_AFTER_BACKPRESSURE)}
             )
-        return web.Response(text=_ack_body(result.duplicate, result.inbound_id), content_type="application/json")
+        return web.json_response({"ok": True, "duplicate": result.duplicate, "id": result.inbound_id})
 
     def _reject(
         self,
