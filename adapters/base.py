@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from gateway.messages import InboundMessage, OutboundMessage
+from gateway.messages import InboundMessage, OutboundMessage, Target
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,22 @@ class AdapterHost(Protocol):
         """False while draining for shutdown or saturated: adapters should answer 503 then."""
         ...
 
+    async def release_parked(self, target: Target) -> None:
+        """The recipient of `target` is reachable again: retry its parked replies (see AwaitingRecipient) now."""
+        ...
+
+
+class ReplyStream(Protocol):
+    """A reply the user watches grow while the model writes it (one visible message).
+
+    The final text still arrives through the durable outbox as a normal `send`, which must close the
+    stream; updates are best effort and never raise (a lost update is repaired by the final text).
+    """
+
+    async def update(self, text: str) -> None:
+        """Show `text`, the whole answer so far."""
+        ...
+
 
 class Adapter(Protocol):
     """One platform connection (possibly several bots of that platform)."""
@@ -78,6 +94,18 @@ class Adapter(Protocol):
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
         """Deliver one reply; raise a `gateway.errors.SendError` subclass on failure."""
+        ...
+
+    def prepare(self, reply: OutboundMessage) -> list[OutboundMessage]:
+        """Cut a turn's reply into the messages this platform can carry (size limits, formats).
+
+        Called once, before the reply is committed to the outbox, so each piece is queued, retried
+        and deduplicated on its own; keys are the reply's key plus a piece suffix. Pure.
+        """
+        ...
+
+    def open_stream(self, target: Target, idempotency_key: str) -> ReplyStream | None:
+        """A live stream for the reply with this key, or None when the platform (or chat) cannot stream."""
         ...
 
     def is_connected(self) -> bool:

@@ -26,7 +26,9 @@ from gateway.host import RuntimeHost
 from gateway.housekeeping import run_housekeeping
 from gateway.http import build_app
 from gateway.looplag import monitor_event_loop_lag
+from gateway.messages import Target
 from gateway.metrics import Metrics
+from gateway.replies import ReplyChannels
 from gateway.sender import OutboxSender, SenderSettings
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase
@@ -115,6 +117,7 @@ class Runtime:
                 reply_deadline_seconds=settings.outbox.deadline_seconds,
             ),
             on_replies_queued=self.sender.wake,
+            channels=ReplyChannels(self.adapters),
             llm_ready=self.llm_ready,
         )
         self.bus = SessionBus(
@@ -154,6 +157,7 @@ class Runtime:
             http=self._http,
             group_scope=self.settings.sessions.group_scope,
             accepting=lambda: self._accepting,
+            release_parked=self._release_parked,
         )
         self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")
@@ -187,6 +191,10 @@ class Runtime:
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.server.port
         log.info("listening on http://%s:%s", self.settings.server.host, self.port)
+
+    async def _release_parked(self, target: Target) -> None:
+        if await self.outbox.release(target, time.time()):
+            self.sender.wake()
 
     async def _warm_up_llm(self) -> None:
         """Import the LLM library before resumed turns count an attempt: a crash loop during the slow

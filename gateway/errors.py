@@ -52,3 +52,13 @@ class PermanentSendError(SendError):
 
 class BackpressureError(GatewayError):
     """The gateway is saturated; the caller should retry later."""
+
+
+class AwaitingRecipient(SendError):
+    """The platform can deliver this reply only when the recipient writes again (no push permission).
+
+    The reply stays queued, in order, until the adapter calls `AdapterHost.release_parked` for its
+    chat, or its deadline passes (then it becomes a dead letter with this reason).
+    """
+
+    retryable = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -10,7 +10,7 @@ import aiohttp
 from adapters.base import Handler, PublishResult
 from gateway.bus import SessionBus
 from gateway.errors import BackpressureError
-from gateway.messages import InboundMessage, SessionScope, session_key_for
+from gateway.messages import InboundMessage, SessionScope, Target, session_key_for
 from gateway.metrics import Metrics
 from gateway.store.interfaces import Journal
 from gateway.tasks import TaskTracker
@@ -29,6 +29,7 @@ class RuntimeHost:
         http: aiohttp.ClientSession,
         group_scope: SessionScope,
         accepting: Callable[[], bool],
+        release_parked: Callable[[Target], Awaitable[None]],
     ) -> None:
         self._journal = journal
         self._bus = bus
@@ -37,6 +38,7 @@ class RuntimeHost:
         self._http = http
         self._group_scope = group_scope
         self._accepting = accepting
+        self._release_parked = release_parked
         self.routes: list[tuple[str, str, Handler]] = []
 
     @property
@@ -62,6 +64,10 @@ class RuntimeHost:
             # publish was cut short before queuing, this queues it; the bus ignores ids it already has.
             self._bus.submit(key, result.inbound_id)
         return PublishResult(inbound_id=result.inbound_id, duplicate=result.duplicate)
+
+    async def release_parked(self, target: Target) -> None:
+        """Replies waiting for this chat's recipient are sent now."""
+        await self._release_parked(target)
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         """Record a route; the server mounts them all when it starts."""

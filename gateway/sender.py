@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from adapters.base import Adapter
-from gateway.errors import PermanentSendError, RateLimited, SendError, TransientSendError
+from gateway.errors import AwaitingRecipient, PermanentSendError, RateLimited, SendError, TransientSendError
 from gateway.metrics import Metrics
 from gateway.store.interfaces import Outbox, OutboxItem
 from gateway.store.sqlite_outbox import lane_of
@@ -149,6 +149,8 @@ class OutboxSender:
                 receipt = await adapter.send(msg)
         except PermanentSendError as exc:
             await self._give_up(item, f"rejected: {exc}", exc.code or "permanent")
+        except AwaitingRecipient as exc:
+            await self._park(item, exc)
         except SendError as exc:
             await self._retry(item, exc)
         except TimeoutError:
@@ -159,6 +161,15 @@ class OutboxSender:
         else:
             await self._outbox.mark_sent(item.outbox_id, receipt.platform_msg_id, self._clock())
             self._metrics.sent_total.labels(platform=platform).inc()
+
+    async def _park(self, item: OutboxItem, exc: AwaitingRecipient) -> None:
+        """Wait (blocking the chat's lane, so order holds) until released by the adapter or the deadline."""
+        now = self._clock()
+        if now >= item.deadline_at:
+            await self._give_up(item, f"recipient never became reachable: {exc}", exc.code or "awaiting_recipient")
+            return
+        log.info("reply %s parked until its recipient writes again (%s)", item.message.idempotency_key, exc)
+        await self._outbox.mark_retry(item.outbox_id, item.deadline_at, exc.code or "awaiting_recipient", str(exc))
 
     async def _retry(self, item: OutboxItem, exc: SendError) -> None:
         platform = item.message.target.platform

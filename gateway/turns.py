@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +19,7 @@ from agent_core.llm import ChatMessage
 from gateway.logs import with_correlation
 from gateway.messages import InboundMessage, MarkdownPart, OutboundMessage, SessionKey, reply_target
 from gateway.metrics import Metrics
+from gateway.replies import ReplyChannels
 from gateway.store.interfaces import HistoryMessage, Journal, JournalEntry, TurnLedger, TurnRecord
 from sessions.manager import SessionManager
 
@@ -70,6 +71,7 @@ class TurnRunner:
         metrics: Metrics,
         settings: TurnSettings,
         on_replies_queued: Callable[[], None],
+        channels: ReplyChannels | None = None,
         llm_ready: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -80,6 +82,7 @@ class TurnRunner:
         self._metrics = metrics
         self._settings = settings
         self._on_replies_queued = on_replies_queued
+        self._channels = channels or ReplyChannels({})
         self._clock = clock
         self._llm_ready = llm_ready
 
@@ -116,7 +119,7 @@ class TurnRunner:
             state = await self._sessions.load(key)
             texts = [user_text(e.message) for e in healthy]
             history = [ChatMessage(role=_role(m.role), content=m.content) for m in state.history]
-            answer = await self._agent.answer(history, texts)
+            answer = await self._agent.answer(history, texts, self._live_view(healthy[-1].message))
         except asyncio.CancelledError:
             # Shutdown, not the message's fault: do not count this attempt (the drain deadline passed).
             await asyncio.shield(self._journal.undo_attempt(ids))
@@ -130,6 +133,19 @@ class TurnRunner:
         )
         await self._commit(key, healthy, answer.text, history_add)
 
+    def _live_view(self, last: InboundMessage) -> Callable[[str], Awaitable[None]] | None:
+        """Forward the answer so far to the platform's stream, if it has one for this chat."""
+        stream = self._channels.open_stream(reply_target(last), reply_key(last, 0))
+        if stream is None:
+            return None
+        chunks: list[str] = []
+
+        async def on_delta(delta: str) -> None:
+            chunks.append(delta)
+            await stream.update("".join(chunks))
+
+        return on_delta
+
     async def _commit(
         self, key: SessionKey, entries: Sequence[JournalEntry], text: str, history_add: tuple[HistoryMessage, ...]
     ) -> None:
@@ -142,7 +158,8 @@ class TurnRunner:
         now = self._clock()
         ids = tuple(e.inbound_id for e in entries)
         record = TurnRecord(session_key=key, inbound_ids=ids, messages=history_add)
-        await self._ledger.complete_turn(record, [reply], now=now, deadline=now + self._settings.reply_deadline_seconds)
+        replies = self._channels.prepare(reply)
+        await self._ledger.complete_turn(record, replies, now=now, deadline=now + self._settings.reply_deadline_seconds)
         self._sessions.record(key, history_add)
         self._on_replies_queued()
 

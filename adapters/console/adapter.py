@@ -16,8 +16,8 @@ from typing import TextIO
 
 from pydantic import BaseModel, ConfigDict
 
-from adapters.base import AdapterHost, SendReceipt
-from gateway.messages import ChatKind, InboundMessage, OutboundMessage
+from adapters.base import AdapterHost, ReplyStream, SendReceipt
+from gateway.messages import ChatKind, InboundMessage, OutboundMessage, Target
 
 LineReader = Callable[[], Awaitable[str | None]]
 
@@ -95,6 +95,14 @@ class ConsoleAdapter:
     async def stop(self) -> None:
         """Nothing to close: the reader task is cancelled by the host."""
         self._started = False
+
+    def prepare(self, reply: OutboundMessage) -> list[OutboundMessage]:
+        """No size limit worth cutting for: one reply is one message."""
+        return [reply]
+
+    def open_stream(self, target: Target, idempotency_key: str) -> ReplyStream | None:
+        """Replies are delivered whole."""
+        return None
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
         """Print the reply."""

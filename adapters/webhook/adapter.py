@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from adapters.base import AdapterHost, SendReceipt
+from adapters.base import AdapterHost, ReplyStream, SendReceipt
 from adapters.webhook.config import WebhookConfig
 from adapters.webhook.convert import PLATFORM, to_callback, to_inbound
 from adapters.webhook.signing import SignatureError, find_header, signed_headers, verify
@@ -38,7 +38,7 @@ from gateway.errors import (
     SendError,
     TransientSendError,
 )
-from gateway.messages import OutboundMessage
+from gateway.messages import OutboundMessage, Target
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,14 @@ class WebhookAdapter:
             request.remote,
         )
         return _json_error(400, "invalid payload", details=details)
+
+    def prepare(self, reply: OutboundMessage) -> list[OutboundMessage]:
+        """No size limit worth cutting for: one reply is one message."""
+        return [reply]
+
+    def open_stream(self, target: Target, idempotency_key: str) -> ReplyStream | None:
+        """Replies are delivered whole."""
+        return None
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
         """POST one reply to the bot's callback URL; raise a SendError subclass on any failure."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.messages import InboundMessage, OutboundMessage, SessionKey
+from gateway.messages import InboundMessage, OutboundMessage, SessionKey, Target
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,10 @@ class Outbox(Protocol):
     async def mark_retry(self, outbox_id: int, next_attempt_at: float, code: str, error: str) -> None: ...
 
     async def mark_dead(self, outbox_id: int, reason: str, code: str, now: float) -> None: ...
+
+    async def release(self, target: Target, now: float) -> int:
+        """Make the target chat's waiting replies due now (its recipient is reachable); returns how many."""
+        ...
 
     async def stats(self) -> OutboxStats: ...
 

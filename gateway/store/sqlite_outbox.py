@@ -101,6 +101,19 @@ class SqliteOutbox:
 
         await self._db.write(op)
 
+    async def release(self, target: Target, now: float) -> int:
+        """Parked replies of this chat become due now (order within the lane is unchanged)."""
+        lane = lane_of(target)
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE lane = ? AND status = 'pending' AND next_attempt_at > ?",
+                (now, lane, now),
+            )
+            return cur.rowcount
+
+        return await self._db.write(op)
+
     async def mark_dead(self, outbox_id: int, reason: str, code: str, now: float) -> None:
         """Give up on a reply: it moves to the dead-letter table for operators."""
 
