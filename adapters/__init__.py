@@ -18,6 +18,8 @@ from adapters.base import Adapter
 REGISTRY: dict[str, str] = {
     "console": "adapters.console",
     "webhook": "adapters.webhook",
+    "wechat": "adapters.wechat",
+    "wecom": "adapters.wecom",
 }
 
 

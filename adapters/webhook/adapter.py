@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from adapters.base import AdapterHost, ReplyStream, SendReceipt
+from adapters.httpio import read_bounded
 from adapters.webhook.config import WebhookConfig
 from adapters.webhook.convert import PLATFORM, to_callback, to_inbound
 from adapters.webhook.signing import SignatureError, find_header, signed_headers, verify
@@ -58,19 +59,6 @@ def _json_error(status: int, error: str, headers: Mapping[str, str] | None = Non
 def _log_id(value: str) -> str:
     """A caller-controlled string made safe for one log line."""
     return repr(value[:64])
-
-
-async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:
-    """Read at most `limit + 1` bytes; return (data, too_large). Never buffers an unbounded body."""
-    chunks: list[bytes] = []
-    total = 0
-    while total <= limit:
-        chunk = await stream.read(limit + 1 - total)
-        if not chunk:
-            return b"".join(chunks), False
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks), True
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -1,0 +1,1 @@
+"""Shared helpers of the WeChat and WeCom adapters."""
