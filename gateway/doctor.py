@@ -7,6 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Literal
 
+from adapters.base import Adapter
 from gateway.config import Settings, config_path, env_snapshot, load_settings, section_enabled
 from gateway.errors import ConfigError, GatewayError
 
@@ -86,8 +87,33 @@ async def check_llm(settings: Settings, env: dict[str, str], call: bool) -> Chec
     return Check("ok", "llm", f"{llm.describe()} answered ({model})")
 
 
-def check_adapters(settings: Settings, env: dict[str, str]) -> list[Check]:
-    """Every enabled adapter builds from its config with its credentials present."""
+async def _probe_credentials(name: str, adapter: Adapter) -> list[Check]:
+    """Adapters that can prove their credentials against the platform (a token fetch) do so here."""
+    probe = getattr(adapter, "check_credentials", None)
+    if probe is None:
+        return []
+    import aiohttp
+
+    from gateway.host import StandaloneHost
+
+    async with aiohttp.ClientSession() as http:
+        await adapter.start(StandaloneHost(http))
+        try:
+            results: dict[str, str] = await asyncio.wait_for(probe(), 30)
+        except Exception as exc:
+            return [Check("FAIL", f"adapter {name}", f"credential check failed: {type(exc).__name__}: {exc}")]
+        finally:
+            await adapter.stop()
+    return [
+        Check("FAIL", f"adapter {name} bot {bot}", problem)
+        if problem
+        else Check("ok", f"adapter {name} bot {bot}", "token fetched")
+        for bot, problem in sorted(results.items())
+    ]
+
+
+async def check_adapters(settings: Settings, env: dict[str, str], *, probe: bool = True) -> list[Check]:
+    """Every enabled adapter builds from its config with its credentials present (and accepted, if probed)."""
     import adapters as registry
 
     checks: list[Check] = []
@@ -99,11 +125,13 @@ def check_adapters(settings: Settings, env: dict[str, str]) -> list[Check]:
             checks.append(Check("FAIL", f"adapter {name}", str(exc)))
             continue
         try:
-            registry.load(name).create(raw, env)
+            adapter = registry.load(name).create(raw, env)
         except (ConfigError, KeyError) as exc:
             checks.append(Check("FAIL", f"adapter {name}", str(exc)))
             continue
         checks.append(Check("ok", f"adapter {name}", "configured, credentials present"))
+        if probe:
+            checks += await _probe_credentials(name, adapter)
     return checks
 
 
@@ -120,7 +148,7 @@ async def run_doctor(config: str | None, *, llm_call: bool = True) -> int:
     checks += await check_storage(settings)
     checks.append(check_sqlite_vec())
     checks.append(await check_llm(settings, env, llm_call))
-    checks += check_adapters(settings, env)
+    checks += await check_adapters(settings, env, probe=llm_call)
     for c in checks:
         print(f"{c.status:<4}  {c.name}: {c.detail}")
     failed = [c for c in checks if c.status == "FAIL"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -76,3 +77,36 @@ class RuntimeHost:
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
         """Run a tracked task."""
         self._tasks.spawn(coro, name)
+
+
+class StandaloneHost:
+    """An AdapterHost for tools (doctor) that use an adapter's outbound side only: no server, no journal."""
+
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self._http = http
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The tool's HTTP session."""
+        return self._http
+
+    async def publish(self, msg: InboundMessage) -> PublishResult:
+        """Tools do not take messages."""
+        raise BackpressureError("not accepting messages (diagnostic host)")
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """No server: routes are ignored."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Tracked so that they can be cancelled with the tool."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def is_accepting(self) -> bool:
+        """Never."""
+        return False
+
+    async def release_parked(self, target: Target) -> None:
+        """Nothing is parked here."""

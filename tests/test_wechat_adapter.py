@@ -264,3 +264,19 @@ async def test_a_safe_mode_account_refuses_plaintext_messages(wechat: Factory, w
     async with wechat(mode="safe") as (rt, url):
         plain = await CallbackDriver.oa(url, mode="plain", api=wx_api).send_text(OA_OPENID, "unencrypted")
         assert plain.status == 403 and await _stored(rt) == 0
+
+
+async def test_doctor_checks_each_account_against_the_token_endpoint(
+    tmp_path: Path, fake_llm: FakeLLM, receiver: CallbackReceiver, wx_api: FakeWeChatAPI
+) -> None:
+    from gateway.doctor import check_adapters
+
+    section = wechat_section(wx_api)
+    section["bots"]["other"] = {**section["bots"]["oa"], "app_secret_env": "WRONG_SECRET"}
+    settings = make_settings(tmp_path, fake_llm.base_url, receiver.url, adapters={"wechat": section})
+    checks = await check_adapters(settings, {**WX_ENV, "WRONG_SECRET": "nope"})
+    by_name = {c.name: c for c in checks}
+    assert by_name["adapter wechat bot oa"].status == "ok"
+    bad = by_name["adapter wechat bot other"]
+    assert bad.status == "FAIL" and "40125" in bad.detail
+    assert sorted(r.path for r in wx_api.requests) == ["/cgi-bin/token"] * 2  # one fetch per credential

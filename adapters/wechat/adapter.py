@@ -113,7 +113,6 @@ class WeChatAdapter:
         out: dict[str, str] = {}
         for bot_id, client in self._clients.items():
             try:
-                client.tokens.invalidate(await client.tokens.get())
                 await client.tokens.get()
                 out[bot_id] = ""
             except Exception as exc:

@@ -116,7 +116,6 @@ class WeComAdapter:
         out: dict[str, str] = {}
         for bot_id, client in self._apps.clients.items():
             try:
-                client.tokens.invalidate(await client.tokens.get())
                 await client.tokens.get()
                 out[bot_id] = ""
             except Exception as exc:
