@@ -66,6 +66,26 @@ class AdapterHost(Protocol):
         """The recipient of `target` is reachable again: retry its parked replies (see AwaitingRecipient) now."""
         ...
 
+    def state(self, namespace: str) -> AdapterState:
+        """Durable key-value state for the adapter (use its name as the namespace)."""
+        ...
+
+
+class AdapterState(Protocol):
+    """Durable small values of one adapter (survive a crash; expire on their own)."""
+
+    async def get(self, key: str) -> str | None:
+        """The value, or None when absent or expired."""
+        ...
+
+    async def put(self, key: str, value: str, *, ttl: float) -> None:
+        """Store `value` for `ttl` seconds; committed when this returns."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Forget `key`."""
+        ...
+
 
 class ReplyStream(Protocol):
     """A reply the user watches grow while the model writes it (one visible message).

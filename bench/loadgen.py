@@ -46,6 +46,7 @@ class Prepared:
     message_id: str
     body: bytes
     headers: dict[str, str]
+    query: str = ""  # appended to the URL as is ("?a=1&b=2"); for callers whose signature is in the query
 
 
 def prepare(prefix: str, count: int, users: int, secret: bytes, start: int = 0) -> list[Prepared]:
@@ -122,7 +123,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 async def send(session: aiohttp.ClientSession, url: str, req: Prepared) -> int:
-    async with session.post(url, data=req.body, headers=req.headers) as resp:
+    async with session.post(url + req.query, data=req.body, headers=req.headers) as resp:
         await resp.read()
         return resp.status
 

@@ -33,6 +33,7 @@ from gateway.sender import OutboxSender, SenderSettings
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase
 from gateway.store.sqlite_journal import SqliteJournal
+from gateway.store.sqlite_kv import SqliteKeyValueStore
 from gateway.store.sqlite_ledger import SqliteTurnLedger
 from gateway.store.sqlite_outbox import SqliteOutbox
 from gateway.tasks import TaskTracker
@@ -86,6 +87,7 @@ class Runtime:
         )
         self.journal = SqliteJournal(self.db)
         self.outbox = SqliteOutbox(self.db)
+        self.state = SqliteKeyValueStore(self.db)
         self.session_store = SqliteSessionStore(self.db)
         self.sessions = SessionManager(
             self.session_store,
@@ -158,6 +160,7 @@ class Runtime:
             group_scope=self.settings.sessions.group_scope,
             accepting=lambda: self._accepting,
             release_parked=self._release_parked,
+            state=self.state,
         )
         self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")
@@ -255,6 +258,7 @@ class Runtime:
                     self.sessions,
                     now=time.time(),
                     retention_seconds=self.settings.storage.retention_seconds,
+                    state=self.state,
                 )
                 if report.inbound_pruned or report.outbox_pruned:
                     log.info("housekeeping: %s", report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -13,7 +14,7 @@ from gateway.bus import SessionBus
 from gateway.errors import BackpressureError
 from gateway.messages import InboundMessage, SessionScope, Target, session_key_for
 from gateway.metrics import Metrics
-from gateway.store.interfaces import Journal
+from gateway.store.interfaces import Journal, KeyValueStore
 from gateway.tasks import TaskTracker
 
 
@@ -31,6 +32,7 @@ class RuntimeHost:
         group_scope: SessionScope,
         accepting: Callable[[], bool],
         release_parked: Callable[[Target], Awaitable[None]],
+        state: KeyValueStore,
     ) -> None:
         self._journal = journal
         self._bus = bus
@@ -40,6 +42,7 @@ class RuntimeHost:
         self._group_scope = group_scope
         self._accepting = accepting
         self._release_parked = release_parked
+        self._state = state
         self.routes: list[tuple[str, str, Handler]] = []
 
     @property
@@ -70,6 +73,10 @@ class RuntimeHost:
         """Replies waiting for this chat's recipient are sent now."""
         await self._release_parked(target)
 
+    def state(self, namespace: str) -> NamespacedState:
+        """The adapter's durable key-value state."""
+        return NamespacedState(self._state, namespace)
+
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         """Record a route; the server mounts them all when it starts."""
         self.routes.append((method, path, handler))
@@ -77,6 +84,43 @@ class RuntimeHost:
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
         """Run a tracked task."""
         self._tasks.spawn(coro, name)
+
+
+class NamespacedState:
+    """adapters.base.AdapterState over the shared store, bound to one namespace."""
+
+    def __init__(self, store: KeyValueStore, namespace: str, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._ns = namespace
+        self._clock = clock
+
+    async def get(self, key: str) -> str | None:
+        """The value unless absent or expired."""
+        return await self._store.get(self._ns, key, self._clock())
+
+    async def put(self, key: str, value: str, *, ttl: float) -> None:
+        """Store for `ttl` seconds."""
+        await self._store.put(self._ns, key, value, expires_at=self._clock() + ttl)
+
+    async def delete(self, key: str) -> None:
+        """Forget."""
+        await self._store.delete(self._ns, key)
+
+
+class _MemoryState:
+    """Non-durable state for diagnostic tools."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self._values.get(key)
+
+    async def put(self, key: str, value: str, *, ttl: float) -> None:
+        self._values[key] = value
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
 
 
 class StandaloneHost:
@@ -110,3 +154,7 @@ class StandaloneHost:
 
     async def release_parked(self, target: Target) -> None:
         """Nothing is parked here."""
+
+    def state(self, namespace: str) -> _MemoryState:
+        """Throwaway state: tools must not change the service's durable state."""
+        return _MemoryState()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.store.interfaces import Journal, Outbox
+from gateway.store.interfaces import Journal, KeyValueStore, Outbox
 from sessions.manager import SessionManager
 
 
@@ -19,15 +19,23 @@ class HousekeepingReport:
     inbound_pruned: int
     outbox_pruned: int
     sessions_evicted: int
+    state_pruned: int = 0
 
 
 async def run_housekeeping(
-    journal: Journal, outbox: Outbox, sessions: SessionManager, *, now: float, retention_seconds: float
+    journal: Journal,
+    outbox: Outbox,
+    sessions: SessionManager,
+    *,
+    now: float,
+    retention_seconds: float,
+    state: KeyValueStore | None = None,
 ) -> HousekeepingReport:
-    """Prune old journal and outbox rows and evict idle sessions."""
+    """Prune old journal and outbox rows and expired adapter state, and evict idle sessions."""
     before = now - retention_seconds
     return HousekeepingReport(
         inbound_pruned=await journal.prune_done(before),
         outbox_pruned=await outbox.prune_sent(before),
         sessions_evicted=sessions.evict_idle(),
+        state_pruned=await state.prune(now) if state is not None else 0,
     )

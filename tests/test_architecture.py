@@ -46,7 +46,7 @@ def test_agent_core_depends_on_nothing_internal() -> None:
 
 
 # Shared by several platform packages; never import a platform package themselves.
-SHARED_ADAPTER_MODULES = {"base", "httpio", "secrets"}
+SHARED_ADAPTER_MODULES = {"base", "httpio", "secrets", "tokens"}
 SHARED_ADAPTER_PACKAGES = {"wxcommon": {"wechat", "wecom"}}  # the WeChat family's crypto, tokens, text
 
 

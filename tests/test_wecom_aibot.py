@@ -275,6 +275,29 @@ async def test_expired_stream_falls_back_to_a_proactive_markdown(
     assert sent[0].body == {"chatid": "grp-1", "msgtype": "markdown", "markdown": {"content": "the full answer"}}
 
 
+@pytest.mark.parametrize("errcode", [40058, 999999])
+async def test_a_stream_refused_for_any_other_reason_still_delivers_proactively(
+    server: FakeAIBotServer, host: Host, start: Start, errcode: int
+) -> None:
+    conn = await start()
+    msg = await inbound(server, host, text_callback("hi", userid="lisi"))
+    server.expire(msg.reply_ref, errcode)  # e.g. the stream was already finished by a previous run
+    await conn.send(reply(msg, "answer"))
+    [sent] = server.frames("aibot_send_msg")
+    assert sent.body["markdown"]["content"] == "answer"
+
+
+async def test_a_rate_limited_stream_is_retried_later_not_sent_twice(
+    server: FakeAIBotServer, host: Host, start: Start
+) -> None:
+    conn = await start()
+    msg = await inbound(server, host, text_callback("hi", userid="lisi"))
+    server.expire(msg.reply_ref, 45009)
+    with pytest.raises(RateLimited):
+        await conn.send(reply(msg, "answer"))
+    assert server.frames("aibot_send_msg") == []
+
+
 async def test_no_req_id_sends_proactively_and_maps_errors(server: FakeAIBotServer, host: Host, start: Start) -> None:
     conn = await start()
     msg = await inbound(server, host, text_callback("hi", userid="zhaoliu"))

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from adapters.tokens import AccessTokenCache, IssuedToken, TokenError
 from adapters.wechat.window import DeliveryCounter, PassiveWindow
-from adapters.wxcommon.token import AccessTokenCache, IssuedToken, TokenError
 from gateway.messages import ChatKind, OutboundMessage, Target, TextPart
 
 

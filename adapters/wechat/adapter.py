@@ -22,6 +22,7 @@ from wechatpy.crypto import WeChatCrypto
 
 from adapters.base import AdapterHost, ReplyStream, SendReceipt
 from adapters.httpio import read_bounded
+from adapters.tokens import AccessTokenCache, IssuedToken, TokenFetcher
 from adapters.wechat.config import CallbackMode, WeChatConfig, WeChatSecrets
 from adapters.wechat.errors import map_error
 from adapters.wechat.window import DeliveryCounter, PassiveWindow
@@ -37,7 +38,6 @@ from adapters.wechat.wire import (
 )
 from adapters.wxcommon.api import ApiClient, fetch_token
 from adapters.wxcommon.text import shape_text
-from adapters.wxcommon.token import AccessTokenCache, IssuedToken, TokenFetcher
 from adapters.wxcommon.xml import CallbackRejected
 from gateway.errors import AwaitingRecipient, BackpressureError, PermanentSendError, TransientSendError
 from gateway.messages import OutboundMessage, Target, TextPart, reply_target

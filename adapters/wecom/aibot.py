@@ -27,7 +27,7 @@ from adapters.base import AdapterHost, ReplyStream, SendReceipt
 from adapters.wecom import aibot_wire as wire
 from adapters.wecom.aibot_stream import StreamBook
 from adapters.wecom.aibot_wire import Ack, AIBotSettings, Frame, LinkDown
-from gateway.errors import TransientSendError
+from gateway.errors import RateLimited, TransientSendError
 from gateway.messages import OutboundMessage, Target
 
 __all__ = ["AIBotConnection", "AIBotSettings"]
@@ -299,8 +299,17 @@ class AIBotConnection:
                 if ack.errcode == 0:
                     return SendReceipt(platform_msg_id=stream.stream_id)
                 if ack.errcode not in wire.STREAM_GONE_CODES:
-                    raise wire.map_error(ack.errcode, ack.errmsg)
-            log.info("wecom aibot %s: stream for %s unusable, sending proactively", self._platform_bot_id, req_id)
+                    error = wire.map_error(ack.errcode, ack.errmsg)
+                    if isinstance(error, RateLimited):
+                        raise error
+                # Expired, unknown req_id, or refused for a reason a proactive message does not share (e.g. the
+                # stream was already finished by a previous run): the answer must still arrive.
+            log.info(
+                "wecom aibot %s: stream for %s unusable (%s), sending proactively",
+                self._platform_bot_id,
+                req_id,
+                ack.errcode if ack is not None else "no ack",
+            )
         sent = await self._guard(self.request(wire.send_markdown_frame(msg.target.chat_id, text)))
         if sent.errcode:
             raise wire.map_error(sent.errcode, sent.errmsg)

@@ -22,12 +22,12 @@ from wechatpy.exceptions import InvalidSignatureException
 
 from adapters.base import AdapterHost, SendReceipt
 from adapters.httpio import read_bounded
+from adapters.tokens import AccessTokenCache, IssuedToken, TokenFetcher
 from adapters.wecom.config import WeComAppConfig, WeComConfig, WeComSecrets
 from adapters.wecom.errors import map_error
 from adapters.wecom.pacing import MemberPacer
 from adapters.wxcommon.api import ApiClient, fetch_token
 from adapters.wxcommon.convert import content_of
-from adapters.wxcommon.token import AccessTokenCache, IssuedToken, TokenFetcher
 from adapters.wxcommon.xml import CallbackRejected, parse_xml
 from gateway.errors import BackpressureError, PermanentSendError, RateLimited, TransientSendError
 from gateway.messages import ChatKind, InboundMessage, OutboundMessage

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from adapters.wxcommon.token import AccessTokenCache, IssuedToken, TokenError
+from adapters.tokens import AccessTokenCache, IssuedToken, TokenError
 from gateway.errors import SendError, TransientSendError
 
 log = logging.getLogger(__name__)

@@ -132,6 +132,18 @@ class Outbox(Protocol):
     async def prune_sent(self, before: float) -> int: ...
 
 
+class KeyValueStore(Protocol):
+    """Durable small values with an expiry, namespaced per adapter."""
+
+    async def get(self, namespace: str, key: str, now: float) -> str | None: ...
+
+    async def put(self, namespace: str, key: str, value: str, *, expires_at: float) -> None: ...
+
+    async def delete(self, namespace: str, key: str) -> None: ...
+
+    async def prune(self, now: float) -> int: ...
+
+
 class SessionStore(Protocol):
     """Persistent per-session conversation history."""
 

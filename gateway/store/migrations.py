@@ -93,9 +93,27 @@ def m004_health(conn: sqlite3.Connection) -> None:
     run_script(conn, "CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL)")
 
 
+def m005_adapter_state(conn: sqlite3.Connection) -> None:
+    """Small per-adapter facts that must survive a crash (e.g. which card shows a reply being streamed)."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE adapter_state (
+            namespace TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (namespace, key)
+        );
+        CREATE INDEX adapter_state_expiry ON adapter_state (expires_at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("001_journal", m001_journal),
     ("002_outbox", m002_outbox),
     ("003_sessions", m003_sessions),
     ("004_health", m004_health),
+    ("005_adapter_state", m005_adapter_state),
 ]

@@ -1,4 +1,4 @@
-"""Access tokens for the WeChat / WeCom APIs: cached, shared per credential, refreshed single-flight.
+"""Access tokens for platform APIs (WeChat, WeCom, Feishu...): cached, shared per credential, refreshed single-flight.
 
 Peers fetch a token per message (the OA allows 2,000 fetches a day) or refresh it from every
 request that saw 40001 at once. Here one cache per credential serves every bot and request that
