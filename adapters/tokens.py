@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # Refresh this long before the platform's stated expiry: in-flight calls must not carry a token that
 # dies on the way, and a fetched token is announced as valid for 7200 s.
 REFRESH_MARGIN_SECONDS = 300.0
+# A failed fetch is the answer for callers queued behind it for this long: N waiters must not turn
+# one refused credential into N more requests against a daily-limited endpoint.
+FAILURE_MEMORY_SECONDS = 5.0
 
 
 class TokenError(Exception):
@@ -56,6 +59,7 @@ class AccessTokenCache:
         self._value = ""
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
+        self._failure: tuple[BaseException, float] | None = None
         self.fetches = 0
 
     async def get(self) -> str:
@@ -65,7 +69,14 @@ class AccessTokenCache:
         async with self._lock:
             if self._value and self._clock() < self._refresh_at:
                 return self._value  # another caller refreshed it while we waited
-            issued = await self._fetch()
+            if self._failure is not None and self._clock() < self._failure[1]:
+                raise self._failure[0]  # the fetch that just failed answers everyone who waited on it
+            try:
+                issued = await self._fetch()
+            except Exception as exc:
+                self._failure = (exc, self._clock() + FAILURE_MEMORY_SECONDS)
+                raise
+            self._failure = None
             self.fetches += 1
             lifetime = max(0.0, issued.expires_in)
             # Short-lived tokens (tests, odd platforms): refresh at half-life rather than never caching.

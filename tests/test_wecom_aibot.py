@@ -310,6 +310,18 @@ async def test_no_req_id_sends_proactively_and_maps_errors(server: FakeAIBotServ
         await conn.send(later)
 
 
+async def test_a_final_whose_ack_was_lost_is_not_shown_twice(server: FakeAIBotServer, host: Host, start: Start) -> None:
+    conn = await start()
+    msg = await inbound(server, host, text_callback("hi"))
+    server.knobs.drop_acks.add(msg.reply_ref)  # WeCom applied the finish, but its ack never arrived
+    with pytest.raises(TransientSendError, match="timed out"):
+        await conn.send(reply(msg, "the answer"))
+    server.knobs.drop_acks.discard(msg.reply_ref)
+    server.expire(msg.reply_ref, 40058)  # the retry is refused: the stream is already finished
+    await conn.send(reply(msg, "the answer"))  # the outbox's retry
+    assert server.frames("aibot_send_msg") == []  # no proactive second copy
+
+
 async def test_send_errors_are_typed(server: FakeAIBotServer, host: Host, start: Start) -> None:
     conn = await start()
     msg = await inbound(server, host, text_callback("hi"))

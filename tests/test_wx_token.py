@@ -16,8 +16,10 @@ class _Issuer:
         self.issued = 0
         self.lifetime = lifetime
         self.fail: Exception | None = None
+        self.calls = 0
 
     async def __call__(self) -> IssuedToken:
+        self.calls += 1
         await asyncio.sleep(0.01)
         if self.fail is not None:
             raise self.fail
@@ -66,13 +68,18 @@ async def test_short_lived_tokens_are_still_cached_for_half_their_life() -> None
 
 
 async def test_a_refused_credential_is_raised_to_every_waiter_and_retried_later() -> None:
+    now = [0.0]
     issuer = _Issuer()
     issuer.fail = TokenError("invalid appsecret", code="40125")
-    cache = AccessTokenCache(issuer)
-    results = await asyncio.gather(*(cache.get() for _ in range(3)), return_exceptions=True)
+    cache = AccessTokenCache(issuer, clock=lambda: now[0])
+    results = await asyncio.gather(*(cache.get() for _ in range(10)), return_exceptions=True)
     assert all(isinstance(r, TokenError) for r in results)
+    assert issuer.calls == 1  # the waiters share the failed fetch instead of each trying again
     issuer.fail = None
-    assert await cache.get() == "T1"
+    with pytest.raises(TokenError):
+        await cache.get()  # still remembered for a few seconds
+    now[0] += 6
+    assert await cache.get() == "T1" and issuer.calls == 2
 
 
 def _msg(chat: str, in_reply_to: str) -> OutboundMessage:
@@ -81,20 +88,39 @@ def _msg(chat: str, in_reply_to: str) -> OutboundMessage:
 
 
 async def test_passive_window_prefers_the_request_being_answered_and_never_hands_to_a_closed_slot() -> None:
-    window = PassiveWindow()
-    first = window.open("b", "u1", "m1")
-    second = window.open("b", "u1", "m2")
-    assert window.hand_over(_msg("u1", "m2"))
-    assert await window.wait(second, 0.01) == _msg("u1", "m2")
-    assert await window.wait(first, 0.01) is None  # closed at its budget
-    assert not window.hand_over(_msg("u1", "m1")) and len(window) == 0
+    now = [0.0]
+    window = PassiveWindow(margin=0.3, clock=lambda: now[0])
+    first = window.open("b", "u1", "m1", deadline=4.5)
+    second = window.open("b", "u1", "m2", deadline=4.5)
+    assert window.hand_over(_msg("u1", "m2")) is second
+    assert await window.wait(second) == _msg("u1", "m2")
+    now[0] = 5.0
+    assert await window.wait(first) is None  # past its deadline: closed empty
+    assert window.hand_over(_msg("u1", "m1")) is None and len(window) == 0
+    assert first.written.done() and first.written.result() is False
 
 
-async def test_a_reply_handed_over_as_the_budget_ends_is_not_lost() -> None:
+async def test_a_slot_about_to_expire_takes_nothing() -> None:
+    now = [0.0]
+    window = PassiveWindow(margin=0.3, clock=lambda: now[0])
+    slot = window.open("b", "u1", "m1", deadline=4.5)
+    now[0] = 4.3  # 0.2 s left: not enough to write a response before WeChat gives up
+    assert window.hand_over(_msg("u1", "m1")) is None
+    window.close(slot)
+
+
+async def test_a_reply_handed_over_before_the_wait_is_returned_and_shutdown_releases_waiters() -> None:
     window = PassiveWindow()
-    slot = window.open("b", "u1", "m1")
-    assert window.hand_over(_msg("u1", "late"))  # the oldest open request of the chat takes it
-    assert await window.wait(slot, 0) == _msg("u1", "late")
+    loop_now = asyncio.get_running_loop().time
+    slot = window.open("b", "u1", "m1", deadline=loop_now() + 60)
+    assert window.hand_over(_msg("u1", "late")) is slot
+    assert await window.wait(slot) == _msg("u1", "late")
+
+    waiting = window.open("b", "u2", "m2", deadline=loop_now() + 60)
+    task = asyncio.create_task(window.wait(waiting))
+    await asyncio.sleep(0.01)
+    window.close_all()
+    assert await task is None  # answered at once, no CancelledError inside the request handler
 
 
 def test_delivery_counter_counts_attempts_and_forgets_old_ones() -> None:

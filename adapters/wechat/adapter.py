@@ -25,7 +25,7 @@ from adapters.httpio import read_bounded
 from adapters.tokens import AccessTokenCache, IssuedToken, TokenFetcher
 from adapters.wechat.config import CallbackMode, WeChatConfig, WeChatSecrets
 from adapters.wechat.errors import map_error
-from adapters.wechat.window import DeliveryCounter, PassiveWindow
+from adapters.wechat.window import DeliveryCounter, PassiveWindow, Slot
 from adapters.wechat.wire import (
     PLATFORM,
     Parsed,
@@ -40,7 +40,7 @@ from adapters.wxcommon.api import ApiClient, fetch_token
 from adapters.wxcommon.text import shape_text
 from adapters.wxcommon.xml import CallbackRejected
 from gateway.errors import AwaitingRecipient, BackpressureError, PermanentSendError, TransientSendError
-from gateway.messages import OutboundMessage, Target, TextPart, reply_target
+from gateway.messages import InboundMessage, OutboundMessage, Target, TextPart, reply_target
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class WeChatAdapter:
             if config.bots[bot_id].mode is not CallbackMode.PLAIN
         }
         self._host: AdapterHost | None = None
+        self._probe_http: aiohttp.ClientSession | None = None
         self._window = PassiveWindow()
         self._deliveries = DeliveryCounter()
         self._clients: dict[str, ApiClient] = {}
@@ -97,6 +98,8 @@ class WeChatAdapter:
         return self._started
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._probe_http is not None:
+            return self._probe_http
         if self._host is None:
             raise TransientSendError("wechat adapter not started", code="not_started")
         return self._host.http
@@ -108,8 +111,9 @@ class WeChatAdapter:
 
         return fetch
 
-    async def check_credentials(self) -> dict[str, str]:
+    async def check_credentials(self, http: aiohttp.ClientSession) -> dict[str, str]:
         """Fetch each account's token (doctor): bot id → "" when fine, else the reason."""
+        self._probe_http = http  # no start(): a diagnostic must not open connections or mount routes
         out: dict[str, str] = {}
         for bot_id, client in self._clients.items():
             try:
@@ -131,7 +135,7 @@ class WeChatAdapter:
             return _reject(bot_id, exc)
         return web.Response(text=request.query.get("echostr", ""))
 
-    async def _handle_message(self, request: web.Request) -> web.Response:
+    async def _handle_message(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         bot_id = request.match_info["bot_id"]
         secrets, bot = self._secrets.get(bot_id), self._config.bots.get(bot_id)
@@ -159,11 +163,12 @@ class WeChatAdapter:
             m = parsed.message
             return _xml(render_text_reply(m.source, m.target, bot.welcome, reply_crypto, nonce, now))
         if parsed.kind in ("message", "click"):
-            return await self._converse(host, bot_id, parsed, now, arrived, reply_crypto, nonce)
+            return await self._converse(request, host, bot_id, parsed, now, arrived, reply_crypto, nonce)
         return web.Response(text=SUCCESS)  # unsubscribe, other events, unsupported types: nothing to do
 
     async def _converse(
         self,
+        request: web.Request,
         host: AdapterHost,
         bot_id: str,
         parsed: Parsed,
@@ -171,11 +176,11 @@ class WeChatAdapter:
         arrived: float,
         crypto: WeChatCrypto | None,
         nonce: str,
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         bot = self._config.bots[bot_id]
         msg = to_inbound(bot_id, parsed, received_time(now))
         attempt = self._deliveries.record(msg.gateway_id)
-        slot = self._window.open(bot_id, msg.chat_id, msg.platform_msg_id)
+        slot = self._window.open(bot_id, msg.chat_id, msg.platform_msg_id, arrived + bot.passive_budget)
         try:
             await host.publish(msg)
             if not bot.customer_service:
@@ -187,15 +192,47 @@ class WeChatAdapter:
             self._window.close(slot)
             log.exception("could not journal a wechat message for bot %r", bot_id)
             return web.Response(status=503, headers={"Retry-After": "2"}, text="temporarily unavailable")
-        reply = await self._window.wait(slot, bot.passive_budget - (time.monotonic() - arrived))
+        reply = await self._window.wait(slot)
         if reply is not None:
-            return _xml(render_text_reply(msg.chat_id, msg.reply_ref, reply.text, crypto, nonce, self._clock()))
+            return await self._write_passive(request, slot, arrived, msg, reply, crypto, nonce)
         if bot.customer_service or attempt >= self._config.platform_attempts:
             return web.Response(text=SUCCESS)
         # No push permission: leave this attempt unanswered so WeChat retries; the retry (or the user's
         # next message) collects the answer. The last attempt answers "success" (see config).
         await _sleep_until(arrived + self._config.platform_timeout + 0.5)
         return web.Response(text=SUCCESS)
+
+    async def _write_passive(
+        self,
+        request: web.Request,
+        slot: Slot,
+        arrived: float,
+        msg: InboundMessage,
+        reply: OutboundMessage,
+        crypto: WeChatCrypto | None,
+        nonce: str,
+    ) -> web.StreamResponse:
+        """Write the reply ourselves and tell the sender whether it really left in time."""
+        try:
+            body = render_text_reply(msg.chat_id, msg.reply_ref, reply.text, crypto, nonce, self._clock())
+        except Exception:
+            log.exception("could not render a passive reply; it will be sent another way")
+            slot.confirm(False)
+            return web.Response(text=SUCCESS)
+        transport = request.transport
+        late = time.monotonic() - arrived > self._config.platform_timeout - 0.1
+        if transport is None or transport.is_closing() or late:
+            slot.confirm(False)  # WeChat has given up on this request: the reply must go another way
+            return web.Response(text=SUCCESS)
+        resp = web.Response(text=body, content_type="application/xml")
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            slot.confirm(False)
+            return resp
+        slot.confirm(True)
+        return resp
 
     # -- outbound --------------------------------------------------------------------------------
     def prepare(self, reply: OutboundMessage) -> list[OutboundMessage]:
@@ -217,8 +254,15 @@ class WeChatAdapter:
         bot = self._config.bots.get(msg.target.bot_id)
         if bot is None or msg.target.platform != PLATFORM:
             raise PermanentSendError(f"no wechat bot {msg.target.bot_id!r}", code="unknown_bot")
-        if self._window.hand_over(msg):
-            return SendReceipt(platform_msg_id="passive")
+        slot = self._window.hand_over(msg)
+        if slot is not None:
+            try:
+                async with asyncio.timeout(self._config.platform_timeout):
+                    if await asyncio.shield(slot.written):
+                        return SendReceipt(platform_msg_id="passive")
+            except TimeoutError:
+                slot.confirm(False)
+            log.info("passive reply for %s was not written in time; sending it another way", msg.idempotency_key)
         if not bot.customer_service:
             raise AwaitingRecipient("no customer-service permission: waiting for the user's next message")
         payload = {"touser": msg.target.chat_id, "msgtype": "text", "text": {"content": msg.text}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.messages import OutboundMessage
@@ -19,57 +20,76 @@ from gateway.messages import OutboundMessage
 
 @dataclass(eq=False)
 class Slot:
-    """One request waiting for its passive reply."""
+    """One request waiting for its passive reply.
+
+    `reply` receives the message (None when the slot closes empty); `written` tells the sender
+    whether the response carrying it was really written in time, so a reply is only marked sent
+    once it is on the wire and is otherwise kept for the next way out.
+    """
 
     bot_id: str
     chat_id: str
     in_reply_to: str
-    future: asyncio.Future[OutboundMessage] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    deadline: float
+    reply: asyncio.Future[OutboundMessage | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    written: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def confirm(self, ok: bool) -> None:
+        """Report whether the handed-over reply went out in the HTTP response."""
+        if not self.written.done():
+            self.written.set_result(ok)
 
 
 class PassiveWindow:
     """All open slots, per chat, oldest first."""
 
-    def __init__(self) -> None:
+    def __init__(self, margin: float = 0.3, clock: Callable[[], float] = time.monotonic) -> None:
         self._slots: dict[tuple[str, str], list[Slot]] = {}
+        self._margin = margin  # a slot this close to its deadline takes nothing: writing needs time too
+        self._clock = clock
 
-    def open(self, bot_id: str, chat_id: str, in_reply_to: str) -> Slot:
+    def open(self, bot_id: str, chat_id: str, in_reply_to: str, deadline: float) -> Slot:
         """Register a request before its message is journaled, so even an instant turn finds it."""
-        slot = Slot(bot_id, chat_id, in_reply_to)
+        slot = Slot(bot_id, chat_id, in_reply_to, deadline)
         self._slots.setdefault((bot_id, chat_id), []).append(slot)
         return slot
 
-    def close(self, slot: Slot) -> OutboundMessage | None:
-        """Stop accepting replies for `slot`; returns the reply if one was handed over meanwhile."""
+    def _remove(self, slot: Slot) -> None:
         slots = self._slots.get((slot.bot_id, slot.chat_id))
         if slots is not None and slot in slots:
             slots.remove(slot)
             if not slots:
                 del self._slots[(slot.bot_id, slot.chat_id)]
-        if slot.future.done() and not slot.future.cancelled():
-            return slot.future.result()
-        slot.future.cancel()
-        return None
 
-    def hand_over(self, msg: OutboundMessage) -> bool:
-        """Give `msg` to an open request of its chat; False when none is open."""
+    def close(self, slot: Slot) -> OutboundMessage | None:
+        """Stop accepting replies for `slot`; returns the reply if one was handed over meanwhile."""
+        self._remove(slot)
+        if not slot.reply.done():
+            slot.reply.set_result(None)
+            slot.confirm(False)
+        return slot.reply.result()
+
+    def hand_over(self, msg: OutboundMessage) -> Slot | None:
+        """Give `msg` to an open request of its chat with time left to write it; None when there is none."""
         target = msg.target
-        slots = self._slots.get((target.bot_id, target.chat_id))
+        now = self._clock()
+        slots = [s for s in self._slots.get((target.bot_id, target.chat_id), []) if s.deadline - now > self._margin]
         if not slots:
-            return False
+            return None
         chosen = next((s for s in slots if s.in_reply_to == target.in_reply_to), slots[0])
-        slots.remove(chosen)
-        if not slots:
-            del self._slots[(target.bot_id, target.chat_id)]
-        chosen.future.set_result(msg)
-        return True
+        self._remove(chosen)
+        chosen.reply.set_result(msg)
+        return chosen
 
-    async def wait(self, slot: Slot, seconds: float) -> OutboundMessage | None:
-        """The reply handed to `slot` within `seconds`, else None (and the slot is closed either way)."""
-        if seconds > 0:
+    async def wait(self, slot: Slot) -> OutboundMessage | None:
+        """The reply handed to `slot` before its deadline, else None (and the slot is closed either way)."""
+        remaining = slot.deadline - self._clock()
+        if remaining > 0:
             try:
-                async with asyncio.timeout(seconds):
-                    await asyncio.shield(slot.future)
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(slot.reply)
             except TimeoutError:
                 pass
         return self.close(slot)

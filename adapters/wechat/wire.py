@@ -8,6 +8,7 @@ Source of the wire facts: protocols.md section C1 (verified against wechatpy 1.8
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ def check_signature(token: str, query: Mapping[str, str], now: float, window: fl
     signature, timestamp, nonce = query.get("signature", ""), query.get("timestamp", ""), query.get("nonce", "")
     if not (signature and timestamp and nonce):
         raise CallbackRejected(403, "missing signature parameters")
-    if not hmac.compare_digest(sha1_signature(token, timestamp, nonce), signature.lower()):
+    if not hmac.compare_digest(sha1_signature(token, timestamp, nonce).encode(), signature.lower().encode()):
         raise CallbackRejected(403, "bad signature")
     try:
         sent_at = int(timestamp)
@@ -51,7 +52,10 @@ def plaintext_xml(
     if not encrypted:
         if mode is CallbackMode.SAFE:
             raise CallbackRejected(403, "plaintext message for an account in safe mode")
-        return body.decode("utf-8", errors="strict"), False
+        try:
+            return body.decode("utf-8", errors="strict"), False
+        except UnicodeDecodeError:
+            raise CallbackRejected(400, "message is not UTF-8") from None
     if crypto is None or mode is CallbackMode.PLAIN:
         raise CallbackRejected(403, "encrypted message for an account in plain mode")
     encrypt = outer.get("Encrypt", "")
@@ -129,11 +133,21 @@ def to_inbound(bot_id: str, parsed: Parsed, received_at: datetime) -> InboundMes
     )
 
 
+# Characters XML 1.0 cannot carry at all (a document containing them is refused by the parser).
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that survives wechatpy's CDATA rendering: no XML-invalid characters, and `]]>` split
+    across two CDATA sections (wechatpy does not escape it, and code answers contain it)."""
+    return _XML_INVALID.sub("", text).replace("]]>", "]]]]><![CDATA[>")
+
+
 def render_text_reply(
     to_user: str, from_account: str, text: str, crypto: WeChatCrypto | None, nonce: str, now: float | None = None
 ) -> str:
     """A passive text reply, encrypted (and signed) when the request was."""
-    reply = TextReply(source=from_account, target=to_user, content=text, time=int(now or time.time()))
+    reply = TextReply(source=from_account, target=to_user, content=xml_safe(text), time=int(now or time.time()))
     xml = str(reply.render())
     if crypto is None:
         return xml

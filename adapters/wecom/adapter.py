@@ -56,9 +56,12 @@ class WeComAdapter:
                     bot.bot_id, secrets[bot_id].secret, bot_id, ws_url=config.ws_url, settings=settings
                 )
         self._host: AdapterHost | None = None
+        self._probe_http: aiohttp.ClientSession | None = None
         self._runs: list[asyncio.Task[None]] = []
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._probe_http is not None:
+            return self._probe_http
         if self._host is None:
             raise TransientSendError("wecom adapter not started", code="not_started")
         return self._host.http
@@ -111,8 +114,9 @@ class WeComAdapter:
             return await conn.send(msg)
         return await self._apps.send(msg)
 
-    async def check_credentials(self) -> dict[str, str]:
+    async def check_credentials(self, http: aiohttp.ClientSession) -> dict[str, str]:
         """Fetch each app's token (doctor); AI bots report their connection state instead."""
+        self._probe_http = http  # no start(): a diagnostic must not open connections or mount routes
         out: dict[str, str] = {}
         for bot_id, client in self._apps.clients.items():
             try:

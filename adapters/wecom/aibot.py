@@ -302,6 +302,10 @@ class AIBotConnection:
                     error = wire.map_error(ack.errcode, ack.errmsg)
                     if isinstance(error, RateLimited):
                         raise error
+                    if stream.final_maybe_shown == text:
+                        # Our earlier finish with this very text was applied but its ack got lost; the
+                        # refusal is WeCom saying "already finished". A proactive copy would show it twice.
+                        return SendReceipt(platform_msg_id=stream.stream_id)
                 # Expired, unknown req_id, or refused for a reason a proactive message does not share (e.g. the
                 # stream was already finished by a previous run): the answer must still arrive.
             log.info(

@@ -113,6 +113,8 @@ class AIBotStream:
                 elif ack.errcode:
                     log.info("wecom aibot stream %s: update refused (errcode %d)", self.stream_id, ack.errcode)
 
+    final_maybe_shown: str | None = None  # a finish frame with this text went out but its ack was lost
+
     async def finish(self, text: str) -> Ack | None:
         """Send the final text with `finish: true`; None when the stream can no longer take it.
 
@@ -129,6 +131,7 @@ class AIBotStream:
                 ack = await self._link.request(stream_frame(self.req_id, self.stream_id, text, finish=True))
             except TimeoutError:
                 self._started = True  # sent, maybe shown: it must still be ended if no retry succeeds
+                self.final_maybe_shown = text
                 raise
             self._started = True
             if ack.errcode == 0:

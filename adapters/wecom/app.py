@@ -205,6 +205,8 @@ class WeComApps:
         data = await self.clients[bot_id].post("/cgi-bin/message/send", payload)
         if data.get("invaliduser"):
             raise PermanentSendError(f"WeCom: {member} is not in the app's visible range", code="invaliduser")
+        if data.get("unlicenseduser"):
+            raise PermanentSendError(f"WeCom: {member} has no license for this app", code="unlicenseduser")
         self.pacer.record(bot_id, member)
         return SendReceipt(platform_msg_id=str(data.get("msgid", "")))
 

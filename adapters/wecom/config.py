@@ -34,9 +34,10 @@ class WeComAppConfig(BaseModel):
     encoding_aes_key_env: str | None = None
     encoding_aes_key_file: Path | None = None
     reply_format: Literal["text", "markdown"] = "text"
-    # WeCom drops an identical message to the same member within this window: a resend after a
-    # crash between its 200 and our commit cannot show twice.
-    duplicate_check_interval: int = Field(default=1800, ge=1, le=14400)
+    # WeCom silently drops an identical message to the same member within this window (errcode 0):
+    # long enough to absorb a resend after a crash or a lost 200, short enough that a genuinely
+    # repeated answer ("好的" twice) a few minutes apart is still delivered. WeCom's default is 1800.
+    duplicate_check_interval: int = Field(default=300, ge=1, le=14400)
 
 
 class WeComAIBotConfig(BaseModel):

@@ -7,6 +7,8 @@ from gateway.errors import PermanentSendError, RateLimited, SendError, Transient
 _PERMANENT = {
     40013: "invalid CorpID: check corp_id",
     40056: "invalid AgentID: check agent_id",
+    40003: "invalid UserID",
+    60011: "the app has no privilege for this member",
     40001: "invalid app secret: check the secret",
     60020: "this server's IP is not in the app's trusted IP list",
     81013: "the user is not in the app's visible range",

@@ -14,13 +14,15 @@ from typing import Any
 import aiohttp
 
 from adapters.tokens import AccessTokenCache, IssuedToken, TokenError
-from gateway.errors import SendError, TransientSendError
+from gateway.errors import PermanentSendError, SendError, TransientSendError
 
 log = logging.getLogger(__name__)
 
 # 40001 invalid credential / not latest, 40014 invalid access_token, 42001 access_token expired.
 TOKEN_REJECTED_CODES = frozenset({40001, 40014, 42001})
 MAX_RESPONSE_BYTES = 256 * 1024
+# Answers of the token endpoints that no retry can fix (invalid secret / app id / corp id, IP not allowed).
+CREDENTIAL_REFUSED_CODES = frozenset({40001, 40013, 40125, 40164, 40056, 60020, 41002, 41004})
 
 ErrorMapper = Callable[[int, str], SendError]
 
@@ -109,7 +111,10 @@ class ApiClient:
         try:
             return await self._tokens.get()
         except TokenError as exc:
-            raise self._map_error(int(exc.code) if exc.code.lstrip("-").isdigit() else -1, str(exc)) from exc
+            code = int(exc.code) if exc.code.lstrip("-").isdigit() else -1
+            if code in CREDENTIAL_REFUSED_CODES:  # at the token endpoint these mean "wrong app id / secret / IP"
+                raise PermanentSendError(f"{exc}: check the app id, secret and IP whitelist", code=str(code)) from exc
+            raise self._map_error(code, str(exc)) from exc
 
     async def _post_once(self, path: str, token: str, body: bytes) -> dict[str, Any]:
         url = f"{self._base}{path}"
