@@ -7,6 +7,7 @@ its 48 h window and quotas, tokens) is tests/fakes/wechat_*; the LLM is the fake
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -317,3 +318,17 @@ async def test_shutdown_answers_waiting_requests_and_keeps_their_replies(
         await rt.adapters["wechat"].stop()
         result = await pending
     assert result.status == 200 and result.acked
+
+
+async def test_a_leaked_plain_mode_url_cannot_carry_another_body(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with wechat(mode="plain") as (_, url):
+        driver = CallbackDriver.oa(url, mode="plain", api=wx_api)
+        request = driver.build_post(driver.message_fields(OA_OPENID, "text", [("Content", "real")]))
+        assert (await driver.deliver(request)).reply is not None
+        assert (await driver.deliver(request, retries=0)).status == 200  # the platform's identical retry
+        forged_body = request.body.replace(b"real", b"evil")
+        forged = dataclasses.replace(request, body=forged_body)
+        assert (await driver.deliver(forged, retries=0)).status == 403
+    assert len(fake_llm.chat_requests()) == 1

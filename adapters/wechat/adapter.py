@@ -37,6 +37,7 @@ from adapters.wechat.wire import (
     to_inbound,
 )
 from adapters.wxcommon.api import ApiClient, fetch_token
+from adapters.wxcommon.replay import ReplayGuard
 from adapters.wxcommon.text import shape_text
 from adapters.wxcommon.xml import CallbackRejected
 from gateway.errors import AwaitingRecipient, BackpressureError, PermanentSendError, TransientSendError
@@ -69,6 +70,7 @@ class WeChatAdapter:
         self._probe_http: aiohttp.ClientSession | None = None
         self._window = PassiveWindow()
         self._deliveries = DeliveryCounter()
+        self._replays = ReplayGuard(ttl=2 * config.timestamp_window)
         self._clients: dict[str, ApiClient] = {}
         shared: dict[tuple[str, str], AccessTokenCache] = {}
         for bot_id, bot in config.bots.items():
@@ -153,6 +155,9 @@ class WeChatAdapter:
         crypto = self._crypto.get(bot_id)
         try:
             check_signature(secrets.token, request.query, now, self._config.timestamp_window)
+            q = request.query
+            if not self._replays.admit(q.get("signature", ""), q.get("nonce", ""), body):
+                raise CallbackRejected(403, "signed query replayed with another body")
             xml, encrypted = plaintext_xml(body, request.query, bot.mode, crypto)
             parsed = parse(xml)
         except CallbackRejected as exc:

@@ -63,7 +63,7 @@ class WeChatConfig(BaseModel):
     bots: dict[BotId, WeChatBotConfig] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=64 * 1024, gt=0, le=1024 * 1024)
     # WeChat's own signature covers only timestamp + nonce: refusing old timestamps limits replays.
-    timestamp_window: float = Field(default=3600, gt=0, le=86400)
+    timestamp_window: float = Field(default=300, gt=0, le=86400)
     # A delivery is retried 3 times (4 attempts); the last one is answered "success" so that the
     # user never sees "该公众号暂时无法提供服务".
     platform_attempts: int = Field(default=4, ge=1, le=10)
