@@ -17,6 +17,7 @@ from adapters.base import Adapter
 
 REGISTRY: dict[str, str] = {
     "console": "adapters.console",
+    "feishu": "adapters.feishu",
     "webhook": "adapters.webhook",
     "wechat": "adapters.wechat",
     "wecom": "adapters.wecom",

@@ -42,7 +42,8 @@ def user_text(msg: InboundMessage) -> str:
     parts += [f"[{a.kind} attachment: {a.name or a.ref}]" for a in msg.attachments]
     body = "\n".join(parts) or "(empty message)"
     if msg.chat_kind == "group":
-        name = "".join(c for c in msg.sender_name if c.isprintable() and c not in "<>")[:64]
+        who = msg.sender_name or msg.sender_id  # platforms that send no display name still tell people apart
+        name = "".join(c for c in who if c.isprintable() and c not in "<>")[:64]
         return f"<sender>{name}</sender> {body}"
     return body
 
