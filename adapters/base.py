@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -70,6 +71,11 @@ class AdapterHost(Protocol):
         """Durable key-value state for the adapter (use its name as the namespace)."""
         ...
 
+    @property
+    def attachments(self) -> AttachmentStore:
+        """The attachment store (downloads land here; turns and skills read them)."""
+        ...
+
 
 class AdapterState(Protocol):
     """Durable small values of one adapter (survive a crash; expire on their own)."""
@@ -84,6 +90,18 @@ class AdapterState(Protocol):
 
     async def delete(self, key: str) -> None:
         """Forget `key`."""
+        ...
+
+
+class AttachmentStore(Protocol):
+    """Where adapters put downloaded attachments, named by the message's attachment ref."""
+
+    async def save(self, ref: str, data: bytes) -> Path:
+        """Store `data` for `ref`; returns the file."""
+        ...
+
+    async def find(self, ref: str) -> Path | None:
+        """The stored file for `ref`, if it was downloaded."""
         ...
 
 

@@ -30,6 +30,7 @@ from gateway.messages import Target
 from gateway.metrics import Metrics
 from gateway.replies import ReplyChannels
 from gateway.sender import OutboxSender, SenderSettings
+from gateway.store.attachments import FileAttachmentStore
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase
 from gateway.store.sqlite_journal import SqliteJournal
@@ -88,6 +89,7 @@ class Runtime:
         self.journal = SqliteJournal(self.db)
         self.outbox = SqliteOutbox(self.db)
         self.state = SqliteKeyValueStore(self.db)
+        self.attachments = FileAttachmentStore(settings.storage.data_dir / "attachments")
         self.session_store = SqliteSessionStore(self.db)
         self.sessions = SessionManager(
             self.session_store,
@@ -161,6 +163,7 @@ class Runtime:
             accepting=lambda: self._accepting,
             release_parked=self._release_parked,
             state=self.state,
+            attachments=self.attachments,
         )
         self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")

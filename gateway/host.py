@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from adapters.base import Handler, PublishResult
+from adapters.base import AttachmentStore, Handler, PublishResult
 from gateway.bus import SessionBus
 from gateway.errors import BackpressureError
 from gateway.messages import InboundMessage, SessionScope, Target, session_key_for
@@ -32,6 +32,7 @@ class RuntimeHost:
         accepting: Callable[[], bool],
         release_parked: Callable[[Target], Awaitable[None]],
         state: KeyValueStore,
+        attachments: AttachmentStore,
     ) -> None:
         self._journal = journal
         self._bus = bus
@@ -42,6 +43,7 @@ class RuntimeHost:
         self._accepting = accepting
         self._release_parked = release_parked
         self._state = state
+        self._attachments = attachments
         self.routes: list[tuple[str, str, Handler]] = []
 
     @property
@@ -71,6 +73,11 @@ class RuntimeHost:
     async def release_parked(self, target: Target) -> None:
         """Replies waiting for this chat's recipient are sent now."""
         await self._release_parked(target)
+
+    @property
+    def attachments(self) -> AttachmentStore:
+        """Downloaded attachments."""
+        return self._attachments
 
     def state(self, namespace: str) -> NamespacedState:
         """The adapter's durable key-value state."""

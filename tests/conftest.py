@@ -42,6 +42,9 @@ def settings_data(tmp_path: Path, llm_url: str, callback_url: str, **overrides: 
         "storage": {"data_dir": str(tmp_path / "data")},
         "outbox": {"base_backoff": 0.05, "max_backoff": 0.5, "send_timeout": 2},
         "llm": {
+            # In-process litellm keeps each runtime start fast (the worker process imports litellm, ~3 s);
+            # the worker path has its own tests (test_llm_process.py) and the crash test runs `serve` with it.
+            "isolation": "inline",
             "profiles": {
                 "default": {
                     "model": "openai/fake-model",
@@ -50,7 +53,7 @@ def settings_data(tmp_path: Path, llm_url: str, callback_url: str, **overrides: 
                     "retries": 0,
                     "timeout": 10,
                 },
-            }
+            },
         },
         "adapters": {
             "webhook": {

@@ -75,6 +75,7 @@ def child_env(drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
 
 def write_config(tmp_path: Path, *, llm_url: str, callback_url: str = "", port: int = 0, drain: float = 5.0) -> Path:
     data = settings_data(tmp_path, llm_url, callback_url, server={"port": port, "drain_seconds": drain})
+    data["llm"]["isolation"] = "process"  # the real service's default: the LLM runs in its worker process
     if not callback_url:
         data["adapters"] = {"webhook": {"enabled": False}}
     path = tmp_path / "switchboard.yaml"

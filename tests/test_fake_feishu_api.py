@@ -124,7 +124,9 @@ def test_token_reused_until_30_minutes_left_then_renewed_with_both_valid(api: Fa
     assert first["tenant_access_token"].startswith("t-")
     api.advance(3600)
     again = call(api, "POST", TOKEN_PATH, {"app_id": APP_ID, "app_secret": APP_SECRET}).json()
-    assert again["tenant_access_token"] == first["tenant_access_token"] and again["expire"] == 3600
+    assert (
+        again["tenant_access_token"] == first["tenant_access_token"] and 3590 <= again["expire"] <= 3600
+    )  # real clock: a loaded machine loses a second
     api.advance(1900)  # 1700 s left (< 30 min): a new token, the old one keeps working
     renewed = call(api, "POST", TOKEN_PATH, {"app_id": APP_ID, "app_secret": APP_SECRET}).json()
     assert renewed["tenant_access_token"] != first["tenant_access_token"] and renewed["expire"] == 7200

@@ -31,7 +31,7 @@ from adapters.feishu.ws import FeishuWsConnection, FeishuWsSettings
 from adapters.httpio import read_bounded
 from adapters.wxcommon.text import shape_text
 from gateway.errors import PermanentSendError, RateLimited, TransientSendError
-from gateway.messages import ChatKind, MarkdownPart, OutboundMessage, Target
+from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMessage, Target
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,32 @@ class FeishuAdapter:
         policy = bot.group_policies.get(msg.chat_id, bot.group_policy)
         if not should_answer(msg, group_policy=policy):
             return
-        await host.publish(msg)
+        result = await host.publish(msg)
+        if msg.attachments and not result.duplicate and self._config.max_attachment_bytes:
+            host.spawn(self._download(bot_id, msg), name=f"feishu-download:{msg.platform_msg_id}")
+
+    async def _download(self, bot_id: str, msg: InboundMessage) -> None:
+        """Fetch the message's resources into the attachment store (after the ack: never delays it)."""
+        host = self._host
+        if host is None:
+            return
+        limit = self._config.max_attachment_bytes
+        for att in msg.attachments:
+            message_id, _, key = att.ref.partition(":")
+            if not message_id or not key:
+                continue
+            kind = "image" if att.kind == "image" else "file"
+            try:
+                data, _, too_large = await self._apis[bot_id].download(
+                    f"/open-apis/im/v1/messages/{message_id}/resources/{key}?type={kind}", limit
+                )
+            except Exception as exc:
+                log.warning("feishu attachment %s not downloaded: %s", att.ref, exc)
+                continue
+            if too_large:
+                log.warning("feishu attachment %s is larger than %d bytes; not stored", att.ref, limit)
+                continue
+            await host.attachments.save(f"{PLATFORM}:{bot_id}:{att.ref}", data)
 
     async def _handle_callback(self, request: web.Request) -> web.Response:
         bot_id = request.match_info["bot_id"]

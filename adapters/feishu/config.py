@@ -39,7 +39,7 @@ class FeishuBotConfig(BaseModel):
     reply_in_thread: bool = True
     # Answers still being written after this many seconds are shown in a streaming card.
     stream_after: float = Field(default=1.0, ge=0, le=60)
-    streaming: Literal["cardkit", "patch", "off"] = "cardkit"
+    streaming: Literal["cardkit", "off"] = "cardkit"
 
 
 class FeishuConfig(BaseModel):
@@ -55,6 +55,8 @@ class FeishuConfig(BaseModel):
     max_body_bytes: int = Field(default=256 * 1024, gt=0, le=4 * 1024 * 1024)
     timestamp_window: float = Field(default=3600, gt=0, le=86400)
     api_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Images, files and audio users send are downloaded into the attachment store up to this size.
+    max_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
     # Per chat and per user Feishu accepts 5 messages/s (shared by all bots); we stay under it.
     chat_messages_per_second: float = Field(default=4.0, gt=0, le=5)
     card_updates_per_second: float = Field(default=8.0, gt=0, le=10)

@@ -157,6 +157,7 @@ class FakeLLM:
         self.default: DefaultBehaviour = default
         self.model = model
         self.stream_chunk_chars = stream_chunk_chars
+        self.stream_chunk_delay = 0.0  # seconds between streamed chunks
         self._latency = latency
         self._requested_port = port
         self._lock = threading.Lock()
@@ -402,6 +403,8 @@ class FakeLLM:
                 if i == 0:
                     delta = {"role": "assistant", "content": piece}
                 await resp.write(chunk(delta, None))
+                if self.stream_chunk_delay:
+                    await asyncio.sleep(self.stream_chunk_delay)  # a model that takes its time
             if isinstance(reply, TruncatedStreamReply):
                 await asyncio.sleep(0.05)  # let the deltas reach the client first
                 _drop(request)
