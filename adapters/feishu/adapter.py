@@ -76,7 +76,7 @@ class FeishuAdapter:
         self._cards = CardStreams(
             self._apis.__getitem__,
             self._state,
-            stream_after=min((b.stream_after for b in config.bots.values()), default=1.0),
+            stream_after=1.0,  # per bot, see open_stream
             updates_per_second=config.card_updates_per_second,
         )
         self._last_send: dict[str, float] = {}
@@ -152,8 +152,15 @@ class FeishuAdapter:
     # -- inbound ---------------------------------------------------------------------------------
     def _receiver(self, bot_id: str) -> Callable[[bytes], Any]:
         async def on_event(payload: bytes) -> None:
-            envelope = json.loads(payload)
-            await self._accept(bot_id, envelope)
+            # Only a failure to store may raise (the ack then says 500 and Feishu redelivers); an event
+            # we can never use is acked and dropped, or its redeliveries would repeat for hours.
+            try:
+                envelope = json.loads(payload)
+                if not isinstance(envelope, dict):
+                    raise FeishuCallbackRejected(400, "event is not a JSON object")
+                await self._accept(bot_id, envelope)
+            except (ValueError, FeishuCallbackRejected) as exc:
+                log.warning("feishu bot %s: dropped an unusable event (%s)", bot_id, exc)
 
         return on_event
 
@@ -258,7 +265,7 @@ class FeishuAdapter:
         if bot is None or bot.streaming == "off" or not target.reply_ref:
             return None
         message_id, in_thread = self._in_thread(target)
-        return self._cards.open(target.bot_id, message_id, in_thread, idempotency_key)
+        return self._cards.open(target.bot_id, message_id, in_thread, idempotency_key, bot.stream_after)
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
         """Finalize the reply's streaming card if it has one, else reply with a card (or post to the chat)."""

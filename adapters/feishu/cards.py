@@ -64,8 +64,11 @@ class CardRecord:
 class CardStream:
     """adapters.base.ReplyStream for one reply: buffers text and pumps it to the card."""
 
-    def __init__(self, owner: CardStreams, bot_id: str, reply_to: str, thread: bool, key: str) -> None:
+    def __init__(
+        self, owner: CardStreams, bot_id: str, reply_to: str, thread: bool, key: str, stream_after: float
+    ) -> None:
         self._owner = owner
+        self._stream_after = stream_after
         self.bot_id = bot_id
         self._reply_to = reply_to
         self._thread = thread
@@ -88,7 +91,7 @@ class CardStream:
             self._pump = self._owner.track(self._run(), f"feishu-card:{self.key}")
 
     async def _run(self) -> None:
-        delay = self._owner.stream_after - (time.monotonic() - self._opened)
+        delay = self._stream_after - (time.monotonic() - self._opened)
         if delay > 0:
             await asyncio.sleep(delay)  # quick answers never become a card: they arrive as one message
         interval = 1.0 / self._owner.updates_per_second
@@ -158,11 +161,12 @@ class CardStreams:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def open(self, bot_id: str, reply_to: str, thread: bool, key: str) -> CardStream:
+    def open(self, bot_id: str, reply_to: str, thread: bool, key: str, stream_after: float | None = None) -> CardStream:
         """The stream for `key` (the same object if the turn asks twice)."""
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = CardStream(self, bot_id, reply_to, thread, key)
+            after = self.stream_after if stream_after is None else stream_after
+            stream = self._streams[key] = CardStream(self, bot_id, reply_to, thread, key, after)
         return stream
 
     async def _load(self, key: str) -> CardRecord | None:
