@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,20 @@ async def test_a_card_that_cannot_be_finalized_is_replaced_in_place(
     await cards.close()
     shown = api.visible_messages(CHAT)
     assert [m.text for m in shown] == ["replacement text"]  # the same message, not a second copy
+
+
+async def test_without_the_cardkit_permission_a_patched_card_streams_and_is_finalized(
+    api: FakeFeishuAPI, store: SqliteKeyValueStore, http: aiohttp.ClientSession
+) -> None:
+    api.fail_next("/cardkit/v1/cards$", code=99991672, msg="scope missing", http_status=400, times=5)
+    cards = streams(api, store, http)
+    text = await _stream_text(cards, "sb-p-0", 40, pause=0.03)
+    await cards.finalize("bot", INBOUND, False, "sb-p-0", text + "end")
+    await cards.close()
+    assert api.cards() == []
+    [shown] = api.visible_messages(CHAT)
+    assert shown.text == text + "end"
+    patches = api.requests_to(f"/im/v1/messages/{shown.message_id}$", "PATCH")
+    assert len(patches) >= 2  # it really streamed
+    gaps = [b.at - a.at for a, b in itertools.pairwise(patches)]
+    assert all(g >= 0.2 for g in gaps[:-1])  # under Feishu's 5 patches/s per message (the final is not paced)

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 ELEMENT_ID = "stream_md"
 STATE_TTL = 7 * 24 * 3600.0
 SEQUENCE_ERROR = "300317"
+PATCH_INTERVAL = 0.25  # a message may be patched 5 times a second
+NO_CARDKIT_CODES = frozenset({"99991672", "230006"})  # missing scope / ability not enabled
 SEQUENCE_JUMP = 600_000  # ten minutes of milliseconds: past anything a previous process could have used
 
 
@@ -46,6 +48,10 @@ def card_json(text: str, *, streaming: bool) -> dict[str, Any]:
     }
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def uuid_for(key: str, purpose: str) -> str:
     """Feishu's idempotency `uuid` (≤ 50 chars) for a request made on behalf of reply `key`."""
     return f"{key}.{purpose}"[-50:]
@@ -55,10 +61,15 @@ def uuid_for(key: str, purpose: str) -> str:
 class CardRecord:
     """What must survive a crash about one streamed reply."""
 
-    card_id: str
+    card_id: str  # "" for a patched message card (no CardKit permission)
     created_ms: int
     message_id: str = ""
     finalized: bool = False
+
+    @property
+    def patched(self) -> bool:
+        """A plain interactive card updated by PATCHing its message, not a CardKit entity."""
+        return not self.card_id
 
 
 class CardStream:
@@ -114,7 +125,8 @@ class CardStream:
                     log.warning("streaming card for %s stopped: %s", self.key, exc)
                     self.broken = True
                     return
-            await asyncio.sleep(interval)
+            patched = self.record is not None and self.record.patched
+            await asyncio.sleep(max(interval, PATCH_INTERVAL) if patched else interval)
 
     async def stop(self) -> None:
         """Stop pumping (the final text is written by finalize)."""
@@ -153,6 +165,7 @@ class CardStreams:
         self.stream_after = stream_after
         self.updates_per_second = updates_per_second
         self._streams: dict[str, CardStream] = {}
+        self._no_cardkit: set[str] = set()  # bots whose app lacks the CardKit permission
         self._tasks: set[asyncio.Task[None]] = set()
 
     def track(self, coro: Any, name: str) -> asyncio.Task[None]:
@@ -187,30 +200,46 @@ class CardStreams:
         if stream.record is None:
             stream.record = await self._load(stream.key)
         if stream.record is None:
-            created = await api.call(
-                "POST",
-                "/open-apis/cardkit/v1/cards",
-                {"type": "card_json", "data": json.dumps(card_json("", streaming=True))},
-            )
-            stream.record = CardRecord(card_id=str(created.get("card_id", "")), created_ms=int(time.time() * 1000))
+            stream.record = CardRecord(card_id=await self._create_card(api, stream.bot_id), created_ms=_now_ms())
             await self._save(stream.key, stream.record)
         if not stream.record.message_id:
-            sent = await self._send_card(api, stream)
-            stream.record.message_id = sent
+            stream.record.message_id = await self._send_card(api, stream, text)
             await self._save(stream.key, stream.record)
+        await self._set_text(api, stream, stream.record, text)
+
+    async def _create_card(self, api: FeishuApi, bot_id: str) -> str:
+        """A CardKit card in streaming mode, or "" when this app may not use CardKit (then a patched card)."""
+        if bot_id in self._no_cardkit:
+            return ""
+        data = json.dumps(card_json("", streaming=True))
+        try:
+            created = await api.call("POST", "/open-apis/cardkit/v1/cards", {"type": "card_json", "data": data})
+        except PermanentSendError as exc:
+            if exc.code not in NO_CARDKIT_CODES:
+                raise
+            log.warning("feishu bot %s cannot use CardKit (%s); streaming by patching a card message", bot_id, exc)
+            self._no_cardkit.add(bot_id)
+            return ""
+        return str(created.get("card_id", ""))
+
+    async def _set_text(self, api: FeishuApi, stream: CardStream, record: CardRecord, text: str) -> None:
+        if record.patched:
+            content = json.dumps(card_json(text, streaming=False), ensure_ascii=False)
+            await api.call("PATCH", f"/open-apis/im/v1/messages/{record.message_id}", {"content": content})
+            return
         await api.call(
             "PUT",
-            f"/open-apis/cardkit/v1/cards/{stream.record.card_id}/elements/{ELEMENT_ID}/content",
+            f"/open-apis/cardkit/v1/cards/{record.card_id}/elements/{ELEMENT_ID}/content",
             {"content": text, "sequence": stream.sequence()},
         )
 
-    async def _send_card(self, api: FeishuApi, stream: CardStream) -> str:
+    async def _send_card(self, api: FeishuApi, stream: CardStream, text: str = "") -> str:
         assert stream.record is not None
-        body: dict[str, Any] = {
-            "msg_type": "interactive",
-            "content": json.dumps({"type": "card", "data": {"card_id": stream.record.card_id}}),
-            "uuid": uuid_for(stream.key, "card"),
-        }
+        if stream.record.patched:
+            content = json.dumps(card_json(text, streaming=False), ensure_ascii=False)
+        else:
+            content = json.dumps({"type": "card", "data": {"card_id": stream.record.card_id}})
+        body: dict[str, Any] = {"msg_type": "interactive", "content": content, "uuid": uuid_for(stream.key, "card")}
         if stream.thread:
             body["reply_in_thread"] = True
         data = await api.call("POST", f"/open-apis/im/v1/messages/{stream.reply_to}/reply", body)
@@ -255,6 +284,9 @@ class CardStreams:
 
     async def _write_final(self, api: FeishuApi, stream: CardStream, record: CardRecord, text: str) -> None:
         """Full text, then streaming off; one retry with a jumped sequence if Feishu saw a larger one."""
+        if record.patched:
+            await self._set_text(api, stream, record, text)
+            return
         for attempt in (1, 2):
             try:
                 await api.call(
