@@ -20,9 +20,40 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 
+class ToolCall(BaseModel, frozen=True):
+    """The model asking to run tool `name`; `arguments` is the raw JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
 class ChatMessage(BaseModel, frozen=True):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool results: which call they answer
+
+    def wire(self) -> dict[str, Any]:
+        """The OpenAI chat-completions shape litellm expects."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class AssistantTurn(BaseModel, frozen=True):
+    """One model answer in a tool-using loop: text, tool calls, and what it cost."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class LLMProfile(BaseModel, extra="forbid"):
@@ -119,6 +150,9 @@ def prepare_litellm_env(env: MutableMapping[str, str]) -> None:
 
 class LLMClient(Protocol):
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> str: ...
+    async def complete_tools(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]], *, max_tokens: int | None = None
+    ) -> AssistantTurn: ...
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]: ...
     def is_configured(self) -> bool: ...
     def describe(self) -> str: ...
@@ -216,7 +250,14 @@ class LiteLLMClient:
         return err
 
     async def _call(
-        self, name: str, messages: Sequence[ChatMessage], *, stream: bool, max_tokens: int | None, retries: int | None
+        self,
+        name: str,
+        messages: Sequence[ChatMessage],
+        *,
+        stream: bool,
+        max_tokens: int | None,
+        retries: int | None,
+        tools: Sequence[Mapping[str, Any]] = (),
     ) -> Any:
         profile = self._profiles[name]
         if name in self._problems:
@@ -227,13 +268,15 @@ class LiteLLMClient:
         optional = {"api_base": profile.api_base, "max_tokens": limit, "temperature": profile.temperature}
         kwargs: dict[str, Any] = {k: v for k, v in optional.items() if v is not None} | {
             "model": profile.model,
-            "messages": [m.model_dump() for m in messages],
+            "messages": [m.wire() for m in messages],
             "api_key": self._keys.get(name, "sk-none"),  # keyless local servers
             "timeout": profile.timeout,
             "num_retries": profile.retries if retries is None else retries,
             "stream": stream,
             "_skip_mcp_handler": True,  # litellm 1.106.2 imports the proxy's MCP server otherwise (tools)
         }
+        if tools:
+            kwargs["tools"] = list(tools)
         try:
             return await lib.acompletion(**kwargs)
         except Exception as exc:
@@ -258,6 +301,22 @@ class LiteLLMClient:
             else:
                 content = response.choices[0].message.content
                 return content if isinstance(content, str) else ""
+        raise _give_up(failures)
+
+    async def complete_tools(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]], *, max_tokens: int | None = None
+    ) -> AssistantTurn:
+        """One non-streamed step of a tool-using loop (falls back across profiles like `complete`)."""
+        failures: list[tuple[str, LLMError]] = []
+        for name in self._chain():
+            try:
+                response = await self._call(
+                    name, messages, stream=False, max_tokens=max_tokens, retries=None, tools=tools
+                )
+            except LLMError as err:
+                self._fall_back(failures, name, err)
+            else:
+                return _assistant_turn(response)
         raise _give_up(failures)
 
     async def _deltas(self, name: str, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
@@ -314,3 +373,25 @@ def _route_litellm_logs_to_root() -> None:
             lib_logger.removeHandler(handler)
         lib_logger.propagate = True
         lib_logger.setLevel(max(lib_logger.level, logging.WARNING))
+
+
+def _assistant_turn(response: Any) -> AssistantTurn:
+    """litellm's ModelResponse as an AssistantTurn (tolerant of providers that omit fields)."""
+    message = response.choices[0].message
+    calls = []
+    for i, call in enumerate(getattr(message, "tool_calls", None) or []):
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None)
+        if not isinstance(name, str) or not name:
+            continue
+        arguments = getattr(function, "arguments", None)
+        call_id = getattr(call, "id", None) or f"call_{i}"
+        calls.append(ToolCall(id=str(call_id), name=name, arguments=arguments if isinstance(arguments, str) else "{}"))
+    usage = getattr(response, "usage", None)
+    content = getattr(message, "content", None)
+    return AssistantTurn(
+        text=content if isinstance(content, str) else "",
+        tool_calls=tuple(calls),
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+    )

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from agent_core.llm import (
+    AssistantTurn,
     ChatMessage,
     LiteLLMClient,
     LLMAuthError,
@@ -167,7 +168,11 @@ class ProcessLLMClient:
                 queue.put_nowait(exited)
 
     async def _request(
-        self, op: str, messages: Sequence[ChatMessage], max_tokens: int | None
+        self,
+        op: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int | None,
+        tools: Sequence[Mapping[str, Any]] = (),
     ) -> AsyncGenerator[Any, None]:
         proc = await self._ensure_started()
         self._next_id += 1
@@ -175,7 +180,13 @@ class ProcessLLMClient:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[rid] = queue
         try:
-            line = {"id": rid, "op": op, "messages": [m.model_dump() for m in messages], "max_tokens": max_tokens}
+            line = {
+                "id": rid,
+                "op": op,
+                "messages": [m.model_dump(mode="json") for m in messages],
+                "max_tokens": max_tokens,
+                "tools": list(tools),
+            }
             assert proc.stdin is not None
             try:
                 proc.stdin.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
@@ -193,6 +204,9 @@ class ProcessLLMClient:
                 if "delta" in message:
                     yield message["delta"]
                     continue
+                if "turn" in message:
+                    yield message["turn"]
+                    return
                 yield message.get("text", "")
                 return
         finally:
@@ -204,6 +218,16 @@ class ProcessLLMClient:
         async with contextlib.aclosing(self._request("complete", messages, max_tokens)) as replies:
             async for text in replies:
                 return str(text)
+        raise LLMUnavailable(_WORKER_EXITED)
+
+    async def complete_tools(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]], *, max_tokens: int | None = None
+    ) -> AssistantTurn:
+        if not self.is_configured():
+            return await self._local.complete_tools(messages, tools, max_tokens=max_tokens)
+        async with contextlib.aclosing(self._request("complete_tools", messages, max_tokens, tools)) as replies:
+            async for turn in replies:
+                return AssistantTurn.model_validate(turn)
         raise LLMUnavailable(_WORKER_EXITED)
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:

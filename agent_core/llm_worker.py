@@ -74,6 +74,11 @@ class Worker:
                 self.send({"id": rid, "text": ""})
             elif op == "ping":
                 self.send({"id": rid, "text": await self._client.ping()})
+            elif op == "complete_tools":
+                turn = await self._client.complete_tools(
+                    messages, request.get("tools", []), max_tokens=request.get("max_tokens")
+                )
+                self.send({"id": rid, "turn": turn.model_dump(mode="json")})
             elif op == "complete":
                 text = await self._client.complete(messages, max_tokens=request.get("max_tokens"))
                 self.send({"id": rid, "text": text})

@@ -456,3 +456,38 @@ def test_fake_entry_point_serves_echo() -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "run_skill",
+            "description": "Run a skill script",
+            "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+        },
+    }
+]
+
+
+async def test_tool_calls_round_trip_with_results_and_usage(fake: FakeLLM) -> None:
+    from agent_core.llm import ToolCall
+    from tests.fakes.fake_llm import ToolCallReply
+
+    fake.enqueue(ToolCallReply("run_skill", {"name": "http-health-check"}, call_id="call_7"), "all green")
+    llm = client(fake.base_url)
+    asked = [ChatMessage(role="user", content="are we up?")]
+    first = await llm.complete_tools(asked, TOOLS)
+    assert first.tool_calls == (ToolCall(id="call_7", name="run_skill", arguments='{"name": "http-health-check"}'),)
+    assert first.prompt_tokens > 0
+    follow = [
+        *asked,
+        ChatMessage(role="assistant", content="", tool_calls=first.tool_calls),
+        ChatMessage(role="tool", content='{"ok": true}', tool_call_id="call_7"),
+    ]
+    second = await llm.complete_tools(follow, TOOLS)
+    assert second.text == "all green" and second.tool_calls == ()
+    sent = fake.chat_requests()[1].body
+    assert sent["tools"][0]["function"]["name"] == "run_skill"
+    assert sent["messages"][1]["tool_calls"][0]["id"] == "call_7"
+    assert sent["messages"][2] == {"role": "tool", "content": '{"ok": true}', "tool_call_id": "call_7"}

@@ -142,3 +142,13 @@ async def test_worker_diagnostics_come_through_our_logging(
             await asyncio.sleep(0.05)
     assert any("llm worker" in r.getMessage() and "not JSON" in r.getMessage() for r in caplog.records)
     assert await client.complete(MSGS) == "echo: hello worker", "the worker survives a broken line"
+
+
+async def test_tool_calls_go_through_the_worker(client: ProcessLLMClient, fake_llm: FakeLLM) -> None:
+    from tests.fakes.fake_llm import ToolCallReply
+
+    fake_llm.enqueue(ToolCallReply("open_skill", {"name": "x"}, call_id="c1"))
+    tools = [{"type": "function", "function": {"name": "open_skill", "parameters": {"type": "object"}}}]
+    turn = await client.complete_tools([ChatMessage(role="user", content="hi")], tools)
+    assert [(c.id, c.name) for c in turn.tool_calls] == [("c1", "open_skill")]
+    assert fake_llm.chat_requests()[-1].body["tools"] == tools
