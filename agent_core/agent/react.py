@@ -1,0 +1,156 @@
+"""The tool-using turn (Read -> Execute): offer routed skills, let the model open and run them, answer.
+
+Bounded by steps, wall time and tokens; when a bound is hit the user is told which one, with
+whatever the model had so far. LLM failures become the same short honest replies as a chat turn.
+Every turn returns a `TurnTrace` (skills offered / opened / run, outcomes, errors, timings, tokens)
+for the audit log and for the reflection step that improves the library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent_core.agent.ports import RouteHit, ScriptRunner, SkillFinder, SkillSource, TurnContext, TurnTrace
+from agent_core.agent.tools import TOOL_DEFINITIONS, ToolBox
+from agent_core.chat import DEFAULT_SYSTEM_PROMPT, ChatAnswer, OnDelta
+from agent_core.llm import ChatMessage, LLMClient, LLMError, LLMNotConfigured
+
+log = logging.getLogger(__name__)
+
+SKILL_GUIDE = (
+    "You can use skills from a shared library. Skills that look relevant are listed below; call open_skill to "
+    "read one's instructions before running it with run_skill. Use only what the tools return; never invent "
+    "results. When you have the answer, reply to the user without calling a tool."
+)
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """Per-turn bounds."""
+
+    max_steps: int = 8
+    wall_seconds: float = 120.0
+    token_budget: int = 60_000
+    skills_offered: int = 5
+
+
+class SkillAgent:
+    """Runs one tool-using turn against an LLMClient."""
+
+    def __init__(
+        self,
+        llm: LLMClient,
+        skills: SkillSource,
+        finder: SkillFinder | None,
+        run_script: ScriptRunner,
+        *,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        limits: AgentLimits | None = None,
+        privileged_roles: frozenset[str] = frozenset({"admin"}),
+    ) -> None:
+        self._llm = llm
+        self._skills = skills
+        self._finder = finder
+        self._run_script = run_script
+        self._system_prompt = system_prompt
+        self._limits = limits or AgentLimits()
+        self._privileged_roles = privileged_roles
+
+    async def _offer(self, query: str) -> list[RouteHit]:
+        if self._finder is None:
+            return []
+        try:
+            hits = await asyncio.to_thread(self._finder.route, query, self._limits.skills_offered)
+        except Exception:
+            log.exception("skill routing failed; answering without skills")
+            return []
+        return [RouteHit(str(h.name), float(h.score), str(getattr(h, "why", ""))) for h in hits]
+
+    def _system(self, offered: Sequence[RouteHit]) -> str:
+        lines = []
+        for hit in offered:
+            skill = self._skills.get(hit.name)
+            if skill is not None:
+                why = f" (matched: {hit.why})" if hit.why else ""
+                lines.append(f"- {skill.meta.name}: {skill.meta.description}{why}")
+        listing = "\n".join(lines) if lines else "(no skill matched this request)"
+        return f"{self._system_prompt}\n\n{SKILL_GUIDE}\n\nSkills:\n{listing}"
+
+    async def answer(
+        self,
+        history: Sequence[ChatMessage],
+        user_texts: Sequence[str],
+        ctx: TurnContext,
+        on_delta: OnDelta | None = None,
+    ) -> tuple[ChatAnswer, TurnTrace]:
+        """The reply and the turn's trace."""
+        started = time.monotonic()
+        query = "\n\n".join(user_texts)
+        trace = TurnTrace(query=query)
+        trace.offered = await self._offer(query)
+        messages = [
+            ChatMessage(role="system", content=self._system(trace.offered)),
+            *history,
+            ChatMessage(role="user", content=query),
+        ]
+        tools = ToolBox(self._skills, self._run_script, ctx, trace, privileged_roles=self._privileged_roles)
+        try:
+            answer = await self._loop(messages, tools, ctx, trace, started)
+        except LLMNotConfigured as exc:
+            answer = ChatAnswer(text=exc.user_message, failed=True, error_kind="not_configured")
+        except LLMError as exc:
+            log.warning("LLM call failed in a tool turn: %s", type(exc).__name__)
+            trace.errors.append(f"llm: {type(exc).__name__}")
+            answer = ChatAnswer(text=exc.user_message, failed=True, error_kind=type(exc).__name__)
+        trace.duration = time.monotonic() - started
+        if on_delta is not None and not answer.failed:
+            await on_delta(answer.text)
+        return answer, trace
+
+    async def _loop(
+        self, messages: list[ChatMessage], tools: ToolBox, ctx: TurnContext, trace: TurnTrace, started: float
+    ) -> ChatAnswer:
+        limits = self._limits
+        last_text = ""
+        while True:
+            if trace.steps >= limits.max_steps:
+                return _stopped(
+                    trace, "steps", f"I stopped after {limits.max_steps} steps (the per-turn limit).", last_text
+                )
+            remaining = limits.wall_seconds - (time.monotonic() - started)
+            if remaining <= 0:
+                return _stopped(trace, "time", f"I ran out of time ({limits.wall_seconds:.0f} s per turn).", last_text)
+            if trace.prompt_tokens + trace.completion_tokens >= limits.token_budget:
+                return _stopped(trace, "tokens", "I used up this turn's token budget.", last_text)
+            if ctx.on_progress is not None:
+                await ctx.on_progress("thinking")
+            trace.steps += 1
+            try:
+                async with asyncio.timeout(remaining):
+                    turn = await self._llm.complete_tools(messages, TOOL_DEFINITIONS)
+            except TimeoutError:
+                return _stopped(trace, "time", f"I ran out of time ({limits.wall_seconds:.0f} s per turn).", last_text)
+            trace.prompt_tokens += turn.prompt_tokens
+            trace.completion_tokens += turn.completion_tokens
+            last_text = turn.text.strip() or last_text
+            if not turn.tool_calls:
+                text = turn.text.strip()
+                if ctx.on_progress is not None:
+                    await ctx.on_progress("done")
+                if not text:
+                    return ChatAnswer(text="(The model returned an empty answer. Please try again.)", failed=True)
+                return ChatAnswer(text=text)
+            messages.append(ChatMessage(role="assistant", content=turn.text, tool_calls=turn.tool_calls))
+            for call in turn.tool_calls:
+                result = await tools.call(call.name, call.arguments)
+                messages.append(ChatMessage(role="tool", content=result, tool_call_id=call.id))
+
+
+def _stopped(trace: TurnTrace, bound: str, reason: str, partial: str) -> ChatAnswer:
+    trace.stopped_by = bound
+    text = reason + (f"\n\nWhat I have so far:\n{partial}" if partial else " Please narrow the request and try again.")
+    return ChatAnswer(text=text, failed=False, error_kind=f"bound:{bound}")

@@ -1,0 +1,201 @@
+"""The tools the model may call in a turn, with the permission checks that no prompt can talk around.
+
+Every check runs here, in code, on the user's roles from the runtime, never on what the model says:
+an admin-only skill stays closed to a non-admin even if the model asks for it ten times.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent_core.agent.ports import ScriptRunner, SkillRun, SkillSource, TurnContext, TurnTrace
+from agent_core.skills.model import Skill
+
+MAX_READ_BYTES = 64 * 1024
+MAX_WRITE_BYTES = 1024 * 1024
+MAX_TOOL_RESULT_CHARS = 8000  # what goes back into the prompt from one call
+PRIVILEGED = ("shell", "fs-write", "secrets:")
+
+
+def _fn(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
+
+
+TOOL_DEFINITIONS: list[dict[str, Any]] = [
+    _fn("open_skill", "Read a skill's full instructions before using it.", {"name": {"type": "string"}}, ["name"]),
+    _fn(
+        "run_skill",
+        "Run one of a skill's scripts in the sandbox with JSON arguments; returns its output.",
+        {"name": {"type": "string"}, "script": {"type": "string"}, "args": {"type": "object"}},
+        ["name", "script"],
+    ),
+    _fn("read_file", "Read a file from the user's workspace.", {"path": {"type": "string"}}, ["path"]),
+    _fn(
+        "write_file",
+        "Write a file in the user's workspace.",
+        {"path": {"type": "string"}, "content": {"type": "string"}},
+        ["path", "content"],
+    ),
+    _fn(
+        "remember",
+        "Save a short note about this user for future conversations.",
+        {"note": {"type": "string"}},
+        ["note"],
+    ),
+]
+
+
+class ToolError(Exception):
+    """A call the model made that cannot be carried out; the message goes back to the model."""
+
+
+class ToolBox:
+    """Carries out the model's tool calls for one turn."""
+
+    def __init__(
+        self,
+        skills: SkillSource,
+        run_script: ScriptRunner,
+        ctx: TurnContext,
+        trace: TurnTrace,
+        *,
+        privileged_roles: frozenset[str] = frozenset({"admin"}),
+    ) -> None:
+        self._skills = skills
+        self._run_script = run_script
+        self._ctx = ctx
+        self._trace = trace
+        self._privileged_roles = privileged_roles
+
+    async def call(self, name: str, arguments: str) -> str:
+        """The tool's result as text for the model (errors included: the model should adapt)."""
+        try:
+            args = json.loads(arguments or "{}")
+            if not isinstance(args, dict):
+                raise ToolError("arguments must be a JSON object")
+            handler = {
+                "open_skill": self._open_skill,
+                "run_skill": self._run_skill,
+                "read_file": self._read_file,
+                "write_file": self._write_file,
+                "remember": self._remember,
+            }.get(name)
+            if handler is None:
+                raise ToolError(f"unknown tool {name!r}")
+            result = await handler(args)
+        except (ToolError, ValueError) as exc:
+            self._trace.errors.append(f"{name}: {exc}")
+            return f"ERROR: {exc}"
+        return result[:MAX_TOOL_RESULT_CHARS]
+
+    def _skill(self, args: Mapping[str, Any]) -> Skill:
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise ToolError("a skill name is required")
+        skill = self._skills.get(name)
+        if skill is None:
+            raise ToolError(f"no skill named {name!r}")
+        audience = set(skill.meta.audience)
+        if audience and not audience & self._ctx.roles:
+            raise ToolError(f"skill {name!r} is only for: {', '.join(sorted(audience))}")
+        return skill
+
+    async def _open_skill(self, args: Mapping[str, Any]) -> str:
+        skill = self._skill(args)
+        self._trace.opened.append(skill.meta.name)
+        scripts = sorted(p.name for p in (skill.path / "scripts").glob("*") if p.is_file())
+        listing = f"\n\nScripts: {', '.join(scripts)}" if scripts else ""
+        return f"# {skill.meta.name} (version {skill.meta.version})\n\n{skill.instructions}{listing}"
+
+    def _check_permissions(self, skill: Skill) -> dict[str, str]:
+        """The secrets this run gets; raises when the user's roles do not cover the skill's permissions."""
+        privileged = [p for p in skill.meta.permissions if p.startswith(PRIVILEGED)]
+        if privileged and not self._privileged_roles & self._ctx.roles:
+            raise ToolError(f"skill {skill.meta.name!r} needs {', '.join(privileged)}, which your role does not allow")
+        wanted = [p.split(":", 1)[1] for p in skill.meta.permissions if p.startswith("secrets:")]
+        return {k: self._ctx.granted_secrets[k] for k in wanted if k in self._ctx.granted_secrets}
+
+    async def _run_skill(self, args: Mapping[str, Any]) -> str:
+        skill = self._skill(args)
+        secrets = self._check_permissions(skill)
+        script = args.get("script")
+        if not isinstance(script, str) or not script or "/" in script or script.startswith("."):
+            raise ToolError("script must be a file name from the skill's scripts/ folder")
+        if not (skill.path / "scripts" / script).is_file():
+            raise ToolError(f"skill {skill.meta.name!r} has no script {script!r}")
+        payload = json.dumps(args.get("args") or {}, ensure_ascii=False)
+        network = "network" in skill.meta.permissions and self._ctx.network_allowed
+        if self._ctx.on_progress is not None:
+            await self._ctx.on_progress(f"running skill {skill.meta.name}")
+        started = time.monotonic()
+        outcome = await self._run_script(
+            user_key=self._ctx.user_key, skill=skill, script=script, args_json=payload, secrets=secrets, network=network
+        )
+        ok = outcome.exit_code == 0 and outcome.killed_reason is None
+        error = outcome.killed_reason or ("" if ok else outcome.stderr[-500:])
+        self._trace.runs.append(
+            SkillRun(
+                skill=skill.meta.name,
+                version=skill.content_hash[:12],
+                args=payload[:2000],
+                exit_code=outcome.exit_code,
+                ok=ok,
+                duration=time.monotonic() - started,
+                error=error,
+                output_excerpt=outcome.stdout[:500],
+            )
+        )
+        if not ok:
+            return f"ERROR: the script failed ({error or f'exit code {outcome.exit_code}'}).\n{outcome.stdout[:2000]}"
+        return outcome.stdout
+
+    def _path(self, args: Mapping[str, Any]) -> Path:
+        root = self._ctx.workspace
+        if root is None:
+            raise ToolError("this conversation has no workspace")
+        raw = args.get("path")
+        if not isinstance(raw, str) or not raw:
+            raise ToolError("a path is required")
+        path = (root / raw).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise ToolError("paths must stay inside your workspace")
+        return path
+
+    async def _read_file(self, args: Mapping[str, Any]) -> str:
+        path = self._path(args)
+        if not path.is_file():
+            raise ToolError("no such file in your workspace")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_READ_BYTES + 1)
+        text = data[:MAX_READ_BYTES].decode("utf-8", errors="replace")
+        return text + ("\n[truncated]" if len(data) > MAX_READ_BYTES else "")
+
+    async def _write_file(self, args: Mapping[str, Any]) -> str:
+        path = self._path(args)
+        content = args.get("content")
+        if not isinstance(content, str):
+            raise ToolError("content must be text")
+        data = content.encode("utf-8")
+        if len(data) > MAX_WRITE_BYTES:
+            raise ToolError(f"file too large (limit {MAX_WRITE_BYTES} bytes)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"wrote {len(data)} bytes to {path.relative_to(self._ctx.workspace.resolve())}"  # type: ignore[union-attr]
+
+    async def _remember(self, args: Mapping[str, Any]) -> str:
+        note = args.get("note")
+        if not isinstance(note, str) or not note.strip():
+            raise ToolError("a note is required")
+        self._trace.memory_notes.append(note.strip()[:500])
+        return "noted"

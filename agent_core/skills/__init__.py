@@ -1,0 +1,1 @@
+"""The shared skill library: folders with SKILL.md, versioned, indexed for routing."""
