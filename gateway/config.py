@@ -89,6 +89,25 @@ class LLMConfig(_Section):
     isolation: Literal["process", "inline"] = "process"
 
 
+class AgentConfig(_Section):
+    """The tool-using turn: skills, roles, bounds. With `enabled: false` turns are plain chat."""
+
+    enabled: bool = True
+    skills_offered: int = Field(default=5, ge=0, le=50)
+    max_steps: int = Field(default=8, ge=1, le=100)
+    wall_seconds: float = Field(default=120.0, gt=0, le=3600)
+    token_budget: int = Field(default=60_000, gt=0)
+    # role -> members as "<platform>:<user id>", e.g. {"admin": ["feishu:ou_123", "wecom:zhangsan"]}
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+    # roles that may run skills declaring shell / fs-write / secrets:*
+    privileged_roles: list[str] = Field(default_factory=lambda: ["admin"])
+    # secrets skills may receive: NAME -> environment variable holding the value (a skill gets one only if it
+    # declares `secrets:NAME` and the user may run it)
+    secrets_env: dict[str, str] = Field(default_factory=dict)
+    # skills that declare `network` get it only if this is true
+    allow_network: bool = True
+
+
 class LoggingConfig(_Section):
     """Log output."""
 
@@ -113,6 +132,7 @@ class Settings(BaseSettings):
     outbox: OutboxConfig = OutboxConfig()
     sessions: SessionsConfig = SessionsConfig()
     llm: LLMConfig = LLMConfig()
+    agent: AgentConfig = AgentConfig()
     logging: LoggingConfig = LoggingConfig()
     adapters: dict[str, dict[str, Any]] = Field(default_factory=_default_adapters)
 

@@ -110,10 +110,42 @@ def m005_adapter_state(conn: sqlite3.Connection) -> None:
     )
 
 
+def m006_traces(conn: sqlite3.Connection) -> None:
+    """Per-turn traces (what the reflection step learns from) and the audit log of every skill run."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE turn_traces (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            session_key TEXT NOT NULL,
+            inbound_ids TEXT NOT NULL,
+            trace TEXT NOT NULL
+        );
+        CREATE INDEX turn_traces_at ON turn_traces (at);
+        CREATE TABLE skill_runs (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            session_key TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            skill TEXT NOT NULL,
+            version TEXT NOT NULL,
+            args TEXT NOT NULL,
+            exit_code INTEGER,
+            ok INTEGER NOT NULL,
+            duration REAL NOT NULL,
+            error TEXT NOT NULL
+        );
+        CREATE INDEX skill_runs_by_skill ON skill_runs (skill, at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("001_journal", m001_journal),
     ("002_outbox", m002_outbox),
     ("003_sessions", m003_sessions),
     ("004_health", m004_health),
     ("005_adapter_state", m005_adapter_state),
+    ("006_traces", m006_traces),
 ]

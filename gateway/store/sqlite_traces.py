@@ -1,0 +1,64 @@
+"""SQLite storage of turn traces and the skill-run audit log."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.store.sqlite_db import SqliteDatabase
+
+
+class SqliteTraceStore:
+    """Append-only; read by the reflection step and by operators."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def record(
+        self, *, at: float, session_key: str, user_id: str, inbound_ids: Sequence[int], trace: dict[str, Any]
+    ) -> None:
+        """One turn's trace and an audit row per skill run, in one transaction."""
+        runs = trace.get("runs", [])
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO turn_traces (at, session_key, inbound_ids, trace) VALUES (?, ?, ?, ?)",
+                (at, session_key, json.dumps(list(inbound_ids)), json.dumps(trace, ensure_ascii=False)),
+            )
+            conn.executemany(
+                "INSERT INTO skill_runs (at, session_key, user_id, skill, version, args, exit_code, ok, duration,"
+                " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        at,
+                        session_key,
+                        user_id,
+                        r["skill"],
+                        r["version"],
+                        r["args"],
+                        r["exit_code"],
+                        int(r["ok"]),
+                        r["duration"],
+                        r["error"],
+                    )
+                    for r in runs
+                ],
+            )
+
+        await self._db.write(op)
+
+    async def skill_runs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest audit rows."""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = conn.execute(
+                "SELECT at, session_key, user_id, skill, version, args, exit_code, ok, duration, error"
+                " FROM skill_runs ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+        return await self._db.read(op)
