@@ -29,6 +29,7 @@ from gateway.looplag import monitor_event_loop_lag
 from gateway.messages import Target
 from gateway.metrics import Metrics
 from gateway.replies import ReplyChannels
+from gateway.responders import PlainResponder
 from gateway.sender import OutboxSender, SenderSettings
 from gateway.store.attachments import FileAttachmentStore
 from gateway.store.migrations import MIGRATIONS
@@ -114,7 +115,7 @@ class Runtime:
             journal=self.journal,
             ledger=SqliteTurnLedger(self.db),
             sessions=self.sessions,
-            agent=ChatAgent(self.llm, system_prompt=settings.llm.system_prompt),
+            agent=PlainResponder(ChatAgent(self.llm, system_prompt=settings.llm.system_prompt)),
             metrics=self.metrics,
             settings=TurnSettings(
                 max_attempts=settings.bus.max_attempts,

@@ -97,7 +97,7 @@ class AgentConfig(_Section):
     max_steps: int = Field(default=8, ge=1, le=100)
     wall_seconds: float = Field(default=120.0, gt=0, le=3600)
     token_budget: int = Field(default=60_000, gt=0)
-    # role -> members as "<platform>:<user id>", e.g. {"admin": ["feishu:ou_123", "wecom:zhangsan"]}
+    # role -> members as "<platform>:<user id>", e.g. {"admin": ["chatapp:u_123"]}
     roles: dict[str, list[str]] = Field(default_factory=dict)
     # roles that may run skills declaring shell / fs-write / secrets:*
     privileged_roles: list[str] = Field(default_factory=lambda: ["admin"])

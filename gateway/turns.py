@@ -10,16 +10,16 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
-from agent_core.chat import ChatAgent
 from agent_core.llm import ChatMessage
 from gateway.logs import with_correlation
 from gateway.messages import InboundMessage, MarkdownPart, OutboundMessage, SessionKey, reply_target
 from gateway.metrics import Metrics
 from gateway.replies import ReplyChannels
+from gateway.responders import OnText, Responder
 from gateway.store.interfaces import HistoryMessage, Journal, JournalEntry, TurnLedger, TurnRecord
 from sessions.manager import SessionManager
 
@@ -59,6 +59,12 @@ def reply_key(msg: InboundMessage, part: int) -> str:
     return f"sb-{digest[:24]}-{part}"
 
 
+class TraceRecorder(Protocol):
+    async def record(
+        self, *, at: float, session_key: str, user_id: str, inbound_ids: Sequence[int], trace: dict[str, Any]
+    ) -> None: ...
+
+
 class TurnRunner:
     """The bus's turn handler."""
 
@@ -68,12 +74,13 @@ class TurnRunner:
         journal: Journal,
         ledger: TurnLedger,
         sessions: SessionManager,
-        agent: ChatAgent,
+        agent: Responder,
         metrics: Metrics,
         settings: TurnSettings,
         on_replies_queued: Callable[[], None],
         channels: ReplyChannels | None = None,
         llm_ready: asyncio.Event | None = None,
+        traces: TraceRecorder | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._journal = journal
@@ -86,6 +93,7 @@ class TurnRunner:
         self._channels = channels or ReplyChannels({})
         self._clock = clock
         self._llm_ready = llm_ready
+        self._traces = traces
 
     async def __call__(self, key: SessionKey, inbound_ids: list[int]) -> None:
         entries = await self._journal.load(inbound_ids)
@@ -120,7 +128,9 @@ class TurnRunner:
             state = await self._sessions.load(key)
             texts = [user_text(e.message) for e in healthy]
             history = [ChatMessage(role=_role(m.role), content=m.content) for m in state.history]
-            answer = await self._agent.answer(history, texts, self._live_view(healthy[-1].message))
+            last = healthy[-1].message
+            on_delta, on_progress = self._live_view(last)
+            answer, trace = await self._agent.respond(key, last, history, texts, on_delta, on_progress)
         except asyncio.CancelledError:
             # Shutdown, not the message's fault: do not count this attempt (the drain deadline passed).
             await asyncio.shield(self._journal.undo_attempt(ids))
@@ -133,19 +143,30 @@ class TurnRunner:
             else (*(HistoryMessage("user", t) for t in texts), HistoryMessage("assistant", answer.text))
         )
         await self._commit(key, healthy, answer.text, history_add)
+        if trace is not None and self._traces is not None:
+            try:  # the answer is committed; a lost trace costs learning, never the reply
+                await self._traces.record(
+                    at=self._clock(), session_key=str(key), user_id=last.sender_id, inbound_ids=ids, trace=trace
+                )
+            except Exception:
+                log.exception("could not store the trace of a turn")
 
-    def _live_view(self, last: InboundMessage) -> Callable[[str], Awaitable[None]] | None:
-        """Forward the answer so far to the platform's stream, if it has one for this chat."""
+    def _live_view(self, last: InboundMessage) -> tuple[OnText | None, OnText | None]:
+        """Forward the answer so far (and progress before it) to the platform's stream, if it has one."""
         stream = self._channels.open_stream(reply_target(last), reply_key(last, 0))
         if stream is None:
-            return None
+            return None, None
         chunks: list[str] = []
 
         async def on_delta(delta: str) -> None:
             chunks.append(delta)
             await stream.update("".join(chunks))
 
-        return on_delta
+        async def on_progress(line: str) -> None:
+            if not chunks:  # once the answer is being written, it is what the user watches
+                await stream.update(f"⏳ {line}…")
+
+        return on_delta, on_progress
 
     async def _commit(
         self, key: SessionKey, entries: Sequence[JournalEntry], text: str, history_add: tuple[HistoryMessage, ...]

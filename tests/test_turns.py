@@ -14,6 +14,7 @@ from agent_core.chat import ChatAgent
 from agent_core.llm import LiteLLMClient, LLMProfile
 from gateway.messages import ChatKind, InboundMessage, session_key_for
 from gateway.metrics import Metrics
+from gateway.responders import PlainResponder
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase
 from gateway.store.sqlite_journal import SqliteJournal
@@ -55,7 +56,7 @@ async def parts(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[Parts]:
         journal=journal,
         ledger=SqliteTurnLedger(db),
         sessions=SessionManager(SqliteSessionStore(db)),
-        agent=ChatAgent(LiteLLMClient({"default": profile}, "default", {})),
+        agent=PlainResponder(ChatAgent(LiteLLMClient({"default": profile}, "default", {}))),
         metrics=Metrics(),
         settings=TurnSettings(max_attempts=3),
         on_replies_queued=lambda: None,

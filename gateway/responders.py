@@ -1,0 +1,107 @@
+"""What answers a turn: a plain chat, or the skill agent with the user's roles, secrets and workspace.
+
+The turn runner knows only `Responder`; the composition root picks one from config. The skill
+responder turns the session into the agent's `TurnContext` (roles from config by
+"<platform>:<user id>", one private workspace per user) and returns the turn's trace for storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent_core.agent.ports import TurnContext
+from agent_core.agent.react import SkillAgent
+from agent_core.chat import ChatAgent, ChatAnswer
+from agent_core.llm import ChatMessage
+from gateway.messages import InboundMessage, SessionKey
+
+OnText = Callable[[str], Awaitable[None]]
+
+
+class Responder(Protocol):
+    async def respond(
+        self,
+        key: SessionKey,
+        last: InboundMessage,
+        history: Sequence[ChatMessage],
+        texts: Sequence[str],
+        on_delta: OnText | None,
+        on_progress: OnText | None,
+    ) -> tuple[ChatAnswer, dict[str, Any] | None]:
+        """The answer, and the turn's trace if there is one to keep."""
+        ...
+
+
+class PlainResponder:
+    """History in, one answer out (no tools)."""
+
+    def __init__(self, agent: ChatAgent) -> None:
+        self._agent = agent
+
+    async def respond(
+        self,
+        key: SessionKey,
+        last: InboundMessage,
+        history: Sequence[ChatMessage],
+        texts: Sequence[str],
+        on_delta: OnText | None,
+        on_progress: OnText | None,
+    ) -> tuple[ChatAnswer, dict[str, Any] | None]:
+        return await self._agent.answer(history, texts, on_delta), None
+
+
+def workspace_for(root: Path, user_key: str) -> Path:
+    """A user's private folder: a hash of who they are, so no name can reach another user's folder."""
+    return root / hashlib.sha256(user_key.encode("utf-8")).hexdigest()[:32]
+
+
+class SkillResponder:
+    """The Read -> Execute turn over the shared skill library."""
+
+    def __init__(
+        self,
+        agent: SkillAgent,
+        *,
+        roles: Mapping[str, Sequence[str]],
+        secrets: Mapping[str, str],
+        workspaces: Path,
+        allow_network: bool,
+    ) -> None:
+        self._agent = agent
+        self._members = {role: frozenset(members) for role, members in roles.items()}
+        self._secrets = dict(secrets)
+        self._workspaces = workspaces
+        self._allow_network = allow_network
+
+    def roles_of(self, platform: str, user_id: str) -> frozenset[str]:
+        """The configured roles of a platform user."""
+        member = f"{platform}:{user_id}"
+        return frozenset(role for role, members in self._members.items() if member in members)
+
+    async def respond(
+        self,
+        key: SessionKey,
+        last: InboundMessage,
+        history: Sequence[ChatMessage],
+        texts: Sequence[str],
+        on_delta: OnText | None,
+        on_progress: OnText | None,
+    ) -> tuple[ChatAnswer, dict[str, Any] | None]:
+        user_key = f"{last.platform}:{last.bot_id}:{last.sender_id}"
+        workspace = workspace_for(self._workspaces, user_key)
+        await asyncio.to_thread(workspace.mkdir, mode=0o700, parents=True, exist_ok=True)
+        ctx = TurnContext(
+            user_key=user_key,
+            roles=self.roles_of(last.platform, last.sender_id),
+            workspace=workspace,
+            on_progress=on_progress,
+            granted_secrets=self._secrets,
+            network_allowed=self._allow_network,
+        )
+        answer, trace = await self._agent.answer(history, texts, ctx, on_delta)
+        return answer, dataclasses.asdict(trace)
