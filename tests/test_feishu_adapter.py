@@ -208,7 +208,7 @@ async def test_images_and_files_are_downloaded_into_the_attachment_store_with_a_
     from tests.fakes.feishu_events import file_event, image_event
 
     fs = section(api, ws)
-    fs["max_attachment_bytes"] = 1000
+    fs["max_attachment_bytes"] = 2_000_000
     async with start(fs) as rt:
         image = image_event("img_small")
         big = file_event("file_big", "dump.bin")
@@ -216,8 +216,9 @@ async def test_images_and_files_are_downloaded_into_the_attachment_store_with_a_
         api.add_event(big)
         image_id = image["event"]["message"]["message_id"]
         big_id = big["event"]["message"]["message_id"]
-        api.add_resource(image_id, "img_small", b"\x89PNG tiny", kind="image", content_type="image/png")
-        api.add_resource(big_id, "file_big", b"x" * 5000, kind="file", content_type="application/octet-stream")
+        photo = b"\x89PNG" + bytes(range(256)) * 4096  # ~1 MB: arrives in many chunks
+        api.add_resource(image_id, "img_small", photo, kind="image", content_type="image/png")
+        api.add_resource(big_id, "file_big", b"x" * 3_000_000, kind="file", content_type="application/octet-stream")
         ws.push(APP_ID, image)
         ws.push(APP_ID, big)
         await settled(api, 2)
@@ -227,7 +228,7 @@ async def test_images_and_files_are_downloaded_into_the_attachment_store_with_a_
                 break
             await asyncio.sleep(0.05)
         saved = await store.find(f"feishu:main:{image_id}:img_small")
-        assert saved is not None and saved.read_bytes() == b"\x89PNG tiny"
+        assert saved is not None and saved.read_bytes() == photo
         assert await store.find(f"feishu:main:{big_id}:file_big") is None  # over the cap: not stored
     assert "[image attachment" in fake_llm.chat_requests()[0].messages[-1]["content"]
 

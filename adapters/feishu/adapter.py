@@ -170,14 +170,16 @@ class FeishuAdapter:
         if host is None or not self._started:
             raise TransientSendError("not accepting", code="not_started")
         bot = self._config.bots[bot_id]
+        bot_open_id = self._bot_open_ids.get(bot_id, "")
         msg = to_inbound(
-            bot_id,
-            envelope,
-            bot_open_id=self._bot_open_ids.get(bot_id, ""),
-            received_at=datetime.fromtimestamp(self._clock(), UTC),
+            bot_id, envelope, bot_open_id=bot_open_id, received_at=datetime.fromtimestamp(self._clock(), UTC)
         )
         if msg is None:
             return
+        if not bot_open_id and msg.chat_kind is ChatKind.GROUP:
+            # Without our own open_id a mention cannot be recognized: refuse (Feishu redelivers) rather than
+            # ack and silently drop a question asked of us.
+            raise TransientSendError("bot identity not known yet", code="bot_info")
         policy = bot.group_policies.get(msg.chat_id, bot.group_policy)
         if not should_answer(msg, group_policy=policy):
             return

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from adapters.feishu.errors import TOKEN_REJECTED, map_error
+from adapters.httpio import read_bounded
 from adapters.tokens import AccessTokenCache, IssuedToken, TokenError
 from gateway.errors import TransientSendError
 
@@ -101,20 +102,21 @@ class FeishuApi:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES)
+                raw, too_large = await read_bounded(resp.content, MAX_RESPONSE_BYTES)
                 status, resp_headers = resp.status, resp.headers
         except TimeoutError as exc:
             raise TransientSendError(f"Feishu {path} timed out after {self._timeout}s", code="timeout") from exc
         except aiohttp.ClientError as exc:
             raise TransientSendError(f"Feishu {path} failed: {type(exc).__name__}", code="network") from exc
         try:
-            parsed = json.loads(raw) if raw else {}
+            parsed = json.loads(raw) if raw and not too_large else None
         except ValueError:
-            parsed = {}
+            parsed = None
         if not isinstance(parsed, dict):
-            parsed = {}
-        if status >= 500 and not parsed:
-            raise TransientSendError(f"Feishu {path} answered HTTP {status}", code=str(status))
+            # Never read a body we could not parse as success: "code" would default to 0.
+            raise TransientSendError(
+                f"Feishu {path} answered HTTP {status} without a readable JSON body", code=str(status)
+            )
         return status, resp_headers, parsed
 
     async def download(self, path: str, limit: int) -> tuple[bytes, str, bool]:
@@ -128,8 +130,8 @@ class FeishuApi:
             ) as resp:
                 if resp.status != 200:
                     raise map_error(resp.status, 0, f"resource download answered HTTP {resp.status}")
-                raw = await resp.content.read(limit + 1)
-                return raw[:limit], resp.headers.get("Content-Type", ""), len(raw) > limit
+                raw, too_large = await read_bounded(resp.content, limit)
+                return raw[:limit], resp.headers.get("Content-Type", ""), too_large
         except TimeoutError as exc:
             raise TransientSendError("Feishu resource download timed out", code="timeout") from exc
         except aiohttp.ClientError as exc:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ELEMENT_ID = "stream_md"
 STATE_TTL = 7 * 24 * 3600.0
 SEQUENCE_ERROR = "300317"
+STOP_GRACE_SECONDS = 15.0
 PATCH_INTERVAL = 0.25  # a message may be patched 5 times a second
 NO_CARDKIT_CODES = frozenset({"99991672", "230006"})  # missing scope / ability not enabled
 SEQUENCE_JUMP = 600_000  # ten minutes of milliseconds: past anything a previous process could have used
@@ -94,6 +95,7 @@ class CardStream:
         self.last_seq = 0
         self.broken = False
         self.last_op = 0.0  # when the pump last touched the card (monotonic)
+        self._stopping = False
 
     async def update(self, text: str) -> None:
         """Remember the newest text; the pump sends it when the pace allows. Never raises."""
@@ -110,6 +112,8 @@ class CardStream:
         while not self.broken:
             await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             async with self.lock:
                 if self.record is not None and self.record.finalized:
                     return
@@ -127,14 +131,29 @@ class CardStream:
                     log.warning("streaming card for %s stopped: %s", self.key, exc)
                     self.broken = True
                     return
+            if self._stopping:
+                return
             patched = self.record is not None and self.record.patched
             await asyncio.sleep(max(interval, PATCH_INTERVAL) if patched else interval)
 
     async def stop(self) -> None:
-        """Stop pumping (the final text is written by finalize)."""
-        if self._pump is not None and self._pump is not asyncio.current_task():
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
+        """Stop pumping (the final text is written by finalize).
+
+        An update already sent is let finish (up to a bound): cancelling it mid-request could let Feishu
+        apply it after the final, or leave a created card unrecorded while its message becomes visible.
+        """
+        pump = self._pump
+        if pump is None or pump is asyncio.current_task() or pump.done():
+            return
+        self._stopping = True
+        self._wake.set()
+        if self.lock.locked():
+            try:
+                await asyncio.wait_for(asyncio.shield(pump), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("card update for %s did not finish in time; cancelling it", self.key)
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
 
     def sequence(self) -> int:
         """Strictly increasing, and larger than any value used before a restart."""
@@ -254,9 +273,9 @@ class CardStreams:
         outbox retries on transient trouble; repeating a finalize is harmless.
         """
         stream = self._streams.get(key)
-        record = stream.record if stream is not None and stream.record is not None else await self._load(key)
         if stream is not None:
-            await stream.stop()
+            await stream.stop()  # first: the pump may be between creating the card and recording it
+        record = stream.record if stream is not None and stream.record is not None else await self._load(key)
         if record is None:
             self._streams.pop(key, None)
             return None
@@ -279,15 +298,27 @@ class CardStreams:
                 await self._write_final(api, stream, record, text)
             except PermanentSendError as exc:
                 log.warning("card %s cannot be finalized (%s); replacing the message in place", record.card_id, exc)
-                await api.call(
-                    "PATCH",
-                    f"/open-apis/im/v1/messages/{record.message_id}",
-                    {"content": json.dumps(card_json(text, streaming=False))},
-                )
+                await self._replace(api, stream, record, text)
             record.finalized = True
             await self._save(key, record)
         self._streams.pop(key, None)
         return record.message_id
+
+    async def _replace(self, api: FeishuApi, stream: CardStream, record: CardRecord, text: str) -> None:
+        """Show the full text in place of the card; a plain reply only if the message cannot be patched."""
+        content = json.dumps(card_json(text, streaming=False), ensure_ascii=False)
+        try:
+            await api.call("PATCH", f"/open-apis/im/v1/messages/{record.message_id}", {"content": content})
+        except PermanentSendError as exc:
+            log.error("card message %s cannot be replaced (%s); sending the answer as a reply", record.message_id, exc)
+            body: dict[str, Any] = {
+                "msg_type": "interactive",
+                "content": content,
+                "uuid": uuid_for(stream.key, "reply"),
+            }
+            if stream.thread:
+                body["reply_in_thread"] = True
+            await api.call("POST", f"/open-apis/im/v1/messages/{stream.reply_to}/reply", body)
 
     async def _write_final(self, api: FeishuApi, stream: CardStream, record: CardRecord, text: str) -> None:
         """Full text, then streaming off; one retry with a jumped sequence if Feishu saw a larger one."""

@@ -6,6 +6,7 @@ from gateway.errors import PermanentSendError, RateLimited, SendError, Transient
 
 TOKEN_REJECTED = frozenset({99991663, 99991661, 99991668})  # invalid / missing / expired tenant token
 RATE_LIMITED = frozenset({99991400, 230020, 11232})
+SERVER_BUSY = frozenset({1, 2200, 55001, 1000040343})  # "system busy" / internal errors: worth retrying
 _PERMANENT = {
     10003: "invalid app_id: check app_id",
     10014: "invalid app secret",
@@ -27,14 +28,16 @@ _PERMANENT = {
 
 
 def map_error(status: int, code: int, msg: str, reset_after: float | None = None) -> SendError:
-    """HTTP status + Feishu `code` → permanent (dead letter with reason), rate limit, or transient."""
+    """HTTP status + Feishu `code` → permanent (dead letter with reason), rate limit, or transient.
+
+    Unknown codes on a 4xx are permanent: a per-chat lane must not stay blocked for an hour behind a
+    request Feishu will never accept; only 5xx, token and rate-limit answers are worth retrying.
+    """
     label = f"Feishu {code or status}"
     if status == 429 or code in RATE_LIMITED:
         return RateLimited(f"{label}: rate limited ({msg})", code=str(code or status), retry_after=reset_after)
     if code in _PERMANENT:
         return PermanentSendError(f"{label}: {_PERMANENT[code]} ({msg})", code=str(code))
-    if status >= 500 or code in TOKEN_REJECTED:
+    if status >= 500 or code in TOKEN_REJECTED or code in SERVER_BUSY or code < 0:
         return TransientSendError(f"{label}: {msg or 'server error'}", code=str(code or status))
-    if 400 <= status < 500 and code == 0:
-        return PermanentSendError(f"{label}: HTTP {status} ({msg})", code=str(status))
-    return TransientSendError(f"{label}: {msg or 'error'}", code=str(code))
+    return PermanentSendError(f"{label}: {msg or f'HTTP {status}'}", code=str(code or status))

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from adapters.httpio import read_bounded
 from adapters.tokens import AccessTokenCache, IssuedToken, TokenError
 from gateway.errors import PermanentSendError, SendError, TransientSendError
 
@@ -30,7 +31,9 @@ ErrorMapper = Callable[[int, str], SendError]
 async def _read_json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     if resp.status >= 500:
         raise TransientSendError(f"API answered HTTP {resp.status}", code=str(resp.status))
-    raw = await resp.content.read(MAX_RESPONSE_BYTES)
+    raw, too_large = await read_bounded(resp.content, MAX_RESPONSE_BYTES)
+    if too_large:
+        raise TransientSendError(f"API answer larger than {MAX_RESPONSE_BYTES} bytes", code="bad_response")
     try:
         data = json.loads(raw)
     except ValueError as exc:
