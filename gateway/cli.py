@@ -7,6 +7,8 @@ import asyncio
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from gateway import skills_cli
+
 
 def _version() -> str:
     try:
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", parents=[common], help="configuration helpers")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_sub.add_parser("schema", help="print the JSON Schema of the config file")
+    skills_cli.add_parser(sub, common)
     return parser
 
 
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             from gateway.run import print_schema
 
             return print_schema()
+        if args.command == "skills":
+            return skills_cli.run(args, parser)
     except ConfigError as exc:
         print(f"switchboard: configuration error: {exc}", file=sys.stderr)
         return 2
