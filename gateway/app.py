@@ -29,8 +29,9 @@ from gateway.looplag import monitor_event_loop_lag
 from gateway.messages import Target
 from gateway.metrics import Metrics
 from gateway.replies import ReplyChannels
-from gateway.responders import PlainResponder
+from gateway.responders import PlainResponder, SwitchableResponder
 from gateway.sender import OutboxSender, SenderSettings
+from gateway.skills_runtime import build_skill_responder
 from gateway.store.attachments import FileAttachmentStore
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase
@@ -38,6 +39,7 @@ from gateway.store.sqlite_journal import SqliteJournal
 from gateway.store.sqlite_kv import SqliteKeyValueStore
 from gateway.store.sqlite_ledger import SqliteTurnLedger
 from gateway.store.sqlite_outbox import SqliteOutbox
+from gateway.store.sqlite_traces import SqliteTraceStore
 from gateway.tasks import TaskTracker
 from gateway.turns import TurnRunner, TurnSettings
 from sessions.manager import SessionManager
@@ -79,6 +81,7 @@ class Runtime:
         llm: LLMClient | None = None,
     ) -> None:
         self.settings = settings
+        self._env = dict(env)
         self.metrics = Metrics()
         self.tasks = TaskTracker()
         self.llm_ready = asyncio.Event()
@@ -111,11 +114,15 @@ class Runtime:
                 max_in_flight=settings.outbox.max_in_flight,
             ),
         )
+        self.responder = SwitchableResponder(
+            PlainResponder(ChatAgent(self.llm, system_prompt=settings.llm.system_prompt))
+        )
+        self.traces = SqliteTraceStore(self.db)
         self.turns = TurnRunner(
             journal=self.journal,
             ledger=SqliteTurnLedger(self.db),
             sessions=self.sessions,
-            agent=PlainResponder(ChatAgent(self.llm, system_prompt=settings.llm.system_prompt)),
+            agent=self.responder,
             metrics=self.metrics,
             settings=TurnSettings(
                 max_attempts=settings.bus.max_attempts,
@@ -124,6 +131,7 @@ class Runtime:
             on_replies_queued=self.sender.wake,
             channels=ReplyChannels(self.adapters),
             llm_ready=self.llm_ready,
+            traces=self.traces,
         )
         self.bus = SessionBus(
             self.turns,
@@ -169,6 +177,10 @@ class Runtime:
         self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")
         self.tasks.spawn(self._warm_up_llm(), "llm-warm-up")
+        if self.settings.agent.enabled:
+            self.responder.target = await build_skill_responder(
+                self.settings, self._env, self.llm, self.tasks.spawn, self._stop
+            )
         resumed = await self._resume()
         self._accepting = True
         for adapter in self.adapters.values():

@@ -2,14 +2,13 @@
 
 The turn runner knows only `Responder`; the composition root picks one from config. The skill
 responder turns the session into the agent's `TurnContext` (roles from config by
-"<platform>:<user id>", one private workspace per user) and returns the turn's trace for storage.
+"<platform>:<user id>", the user's private sandbox workspace) and returns the turn's trace for storage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,9 +54,22 @@ class PlainResponder:
         return await self._agent.answer(history, texts, on_delta), None
 
 
-def workspace_for(root: Path, user_key: str) -> Path:
-    """A user's private folder: a hash of who they are, so no name can reach another user's folder."""
-    return root / hashlib.sha256(user_key.encode("utf-8")).hexdigest()[:32]
+class SwitchableResponder:
+    """Answers with `target`; the composition root upgrades it once the skill machinery has started."""
+
+    def __init__(self, target: Responder) -> None:
+        self.target = target
+
+    async def respond(
+        self,
+        key: SessionKey,
+        last: InboundMessage,
+        history: Sequence[ChatMessage],
+        texts: Sequence[str],
+        on_delta: OnText | None,
+        on_progress: OnText | None,
+    ) -> tuple[ChatAnswer, dict[str, Any] | None]:
+        return await self.target.respond(key, last, history, texts, on_delta, on_progress)
 
 
 class SkillResponder:
@@ -69,13 +81,13 @@ class SkillResponder:
         *,
         roles: Mapping[str, Sequence[str]],
         secrets: Mapping[str, str],
-        workspaces: Path,
+        workspace_of: Callable[[str], Path],
         allow_network: bool,
     ) -> None:
         self._agent = agent
         self._members = {role: frozenset(members) for role, members in roles.items()}
         self._secrets = dict(secrets)
-        self._workspaces = workspaces
+        self._workspace_of = workspace_of
         self._allow_network = allow_network
 
     def roles_of(self, platform: str, user_id: str) -> frozenset[str]:
@@ -93,8 +105,7 @@ class SkillResponder:
         on_progress: OnText | None,
     ) -> tuple[ChatAnswer, dict[str, Any] | None]:
         user_key = f"{last.platform}:{last.bot_id}:{last.sender_id}"
-        workspace = workspace_for(self._workspaces, user_key)
-        await asyncio.to_thread(workspace.mkdir, mode=0o700, parents=True, exist_ok=True)
+        workspace = await asyncio.to_thread(self._workspace_of, user_key)  # the sandbox's, created 0700
         ctx = TurnContext(
             user_key=user_key,
             roles=self.roles_of(last.platform, last.sender_id),

@@ -6,6 +6,7 @@ an admin-only skill stays closed to a non-admin even if the model asks for it te
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -99,11 +100,11 @@ class ToolBox:
             return f"ERROR: {exc}"
         return result[:MAX_TOOL_RESULT_CHARS]
 
-    def _skill(self, args: Mapping[str, Any]) -> Skill:
+    async def _skill(self, args: Mapping[str, Any]) -> Skill:
         name = args.get("name")
         if not isinstance(name, str) or not name:
             raise ToolError("a skill name is required")
-        skill = self._skills.get(name)
+        skill = await asyncio.to_thread(self._skills.get, name)  # the library reads its index from disk
         if skill is None:
             raise ToolError(f"no skill named {name!r}")
         audience = set(skill.meta.audience)
@@ -112,7 +113,7 @@ class ToolBox:
         return skill
 
     async def _open_skill(self, args: Mapping[str, Any]) -> str:
-        skill = self._skill(args)
+        skill = await self._skill(args)
         self._trace.opened.append(skill.meta.name)
         scripts = sorted(p.name for p in (skill.path / "scripts").glob("*") if p.is_file())
         listing = f"\n\nScripts: {', '.join(scripts)}" if scripts else ""
@@ -127,7 +128,7 @@ class ToolBox:
         return {k: self._ctx.granted_secrets[k] for k in wanted if k in self._ctx.granted_secrets}
 
     async def _run_skill(self, args: Mapping[str, Any]) -> str:
-        skill = self._skill(args)
+        skill = await self._skill(args)
         secrets = self._check_permissions(skill)
         script = args.get("script")
         if not isinstance(script, str) or not script or "/" in script or script.startswith("."):

@@ -1,0 +1,160 @@
+"""Wires the skill library, router and sandbox into the agent (the composition root calls `build`).
+
+The router index follows the library: built in a worker thread at start (model load + index), then
+kept current by the library's change events and by polling its revision, so skills installed with
+the CLI while the service runs become routable without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent_core.agent.ports import ScriptOutcome
+from agent_core.llm import LLMClient
+from agent_core.sandbox.runner import SandboxRunner
+from agent_core.skills.library import SkillLibrary
+from agent_core.skills.model import Skill
+from gateway.config import Settings
+from gateway.responders import SkillResponder
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 10.0
+Spawn = Callable[[Coroutine[Any, Any, None], str], object]
+
+
+class LibrarySource:
+    """agent_core.agent.ports.SkillSource over the library (None instead of an exception)."""
+
+    def __init__(self, library: SkillLibrary) -> None:
+        self._library = library
+
+    def get(self, name: str) -> Skill | None:
+        try:
+            return self._library.get(name)
+        except Exception:
+            return None
+
+
+class SandboxScripts:
+    """agent_core.agent.ports.ScriptRunner: a skill's script in the sandbox, as `python scripts/<name>`."""
+
+    def __init__(self, runner: SandboxRunner, python: str = sys.executable) -> None:
+        self._runner = runner
+        self._python = python
+
+    async def __call__(
+        self, *, user_key: str, skill: Skill, script: str, args_json: str, secrets: Mapping[str, str], network: bool
+    ) -> ScriptOutcome:
+        policy = dataclasses.replace(self._runner.default_policy, allow_network=network, secrets=dict(secrets))
+        result = await self._runner.run(
+            user_key=user_key,
+            skill_dir=skill.path,
+            command=[self._python, f"scripts/{script}"],
+            stdin_json=args_json,
+            policy=policy,
+        )
+        return ScriptOutcome(
+            exit_code=result.exit_code,
+            stdout=result.stdout.decode("utf-8", errors="replace"),
+            stderr=result.stderr.decode("utf-8", errors="replace"),
+            duration=result.duration,
+            killed_reason=result.killed_reason,
+        )
+
+
+class LazyRouter:
+    """The router once its index is built; until then (or if it failed) no skills are offered."""
+
+    def __init__(self) -> None:
+        self.router: Any = None
+        self.error = ""
+
+    def route(self, query: str, k: int = 5) -> list[Any]:
+        return [] if self.router is None else list(self.router.route(query, k))
+
+
+async def keep_router_current(library: SkillLibrary, lazy: LazyRouter, db_path: Path, stop: asyncio.Event) -> None:
+    """Build the index off the loop, then follow library changes (also those made by the CLI)."""
+    from agent_core.router import SkillRouter
+    from agent_core.skills.seeds import ensure_seeds
+
+    def build() -> tuple[Any, int]:
+        ensure_seeds(library)
+        router = SkillRouter(db_path)
+        revision = library.revision()
+        sync(router)
+        return router, revision
+
+    def sync(router: Any) -> None:
+        cards = library.cards()
+        router.upsert(cards)
+        known = {c.name for c in cards}
+        stale = [n for n in router_names(router) if n not in known]
+        if stale:
+            router.remove(stale)
+
+    try:
+        router, revision = await asyncio.to_thread(build)
+    except Exception as exc:
+        lazy.error = f"{type(exc).__name__}: {exc}"
+        log.exception("skill router unavailable; turns run without skills")
+        return
+    lazy.router = router
+    log.info("skill router ready: %s", router.stats())
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
+            except TimeoutError:
+                current = await asyncio.to_thread(library.revision)
+                if current != revision:
+                    await asyncio.to_thread(sync, router)
+                    revision = current
+    finally:
+        await asyncio.to_thread(router.close)
+
+
+def router_names(router: Any) -> list[str]:
+    """Names in the router's index (for removing skills the library no longer has)."""
+    names = getattr(router, "names", None)
+    return list(names()) if callable(names) else []
+
+
+async def build_skill_responder(
+    settings: Settings, env: Mapping[str, str], llm: LLMClient, spawn: Spawn, stop: asyncio.Event
+) -> SkillResponder:
+    """The skill agent with its library, router (built in the background) and sandbox."""
+    from agent_core.agent.react import AgentLimits, SkillAgent
+
+    data = settings.storage.data_dir
+    cfg = settings.agent
+    library = await asyncio.to_thread(SkillLibrary, data / "skills")
+    sandbox = await asyncio.to_thread(SandboxRunner, data / "workspaces")  # probes the isolation level once
+    lazy = LazyRouter()
+    spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop), "skill-router")
+    agent = SkillAgent(
+        llm,
+        LibrarySource(library),
+        lazy,
+        SandboxScripts(sandbox),
+        system_prompt=settings.llm.system_prompt,
+        limits=AgentLimits(
+            max_steps=cfg.max_steps,
+            wall_seconds=cfg.wall_seconds,
+            token_budget=cfg.token_budget,
+            skills_offered=cfg.skills_offered,
+        ),
+        privileged_roles=frozenset(cfg.privileged_roles),
+    )
+    secrets = {name: env[var] for name, var in cfg.secrets_env.items() if env.get(var)}
+    log.info("skill agent ready: sandbox %s", sandbox.describe())
+    return SkillResponder(
+        agent, roles=cfg.roles, secrets=secrets, workspace_of=sandbox.workspace, allow_network=cfg.allow_network
+    )
