@@ -87,6 +87,47 @@ async def check_llm(settings: Settings, env: dict[str, str], call: bool) -> Chec
     return Check("ok", "llm", f"{llm.describe()} answered ({model})")
 
 
+def check_agent(settings: Settings) -> list[Check]:
+    """Skills, routing and the sandbox: what a tool-using turn will be able to do on this machine."""
+    if not settings.agent.enabled:
+        return [Check("ok", "agent", "disabled: turns are plain chat")]
+    checks: list[Check] = []
+    try:
+        from agent_core.sandbox.isolation import IsolationLevel, detect_isolation
+
+        report = detect_isolation()
+        status: Status = "ok" if report.level >= IsolationLevel.BWRAP else "warn"
+        checks.append(Check(status, "sandbox", report.describe()))
+    except Exception as exc:
+        checks.append(Check("FAIL", "sandbox", f"{type(exc).__name__}: {exc}"))
+    try:
+        import pysqlite3.dbapi2 as driver
+
+        conn = driver.connect(":memory:")
+        conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+        conn.close()
+        checks.append(Check("ok", "skill routing index", f"SQLite FTS5 via pysqlite3 (SQLite {driver.sqlite_version})"))
+    except Exception as exc:
+        checks.append(Check("FAIL", "skill routing index", f"no FTS5-capable SQLite driver: {exc}"))
+    try:
+        from agent_core.router.embed import WordLlamaEmbedder
+
+        embedder = WordLlamaEmbedder()
+        embedder.embed(["probe"])
+        checks.append(Check("ok", "skill embeddings", f"offline {embedder.name} ({embedder.dim}-d), no download"))
+    except Exception as exc:
+        checks.append(Check("warn", "skill embeddings", f"unavailable, routing degrades to BM25: {exc}"))
+    try:
+        from agent_core.skills.library import SkillLibrary
+
+        names = [m.name for m in SkillLibrary(settings.storage.data_dir / "skills").list()]
+        detail = f"{len(names)} active: {', '.join(names[:8])}" if names else "empty (seeds are installed at start)"
+        checks.append(Check("ok", "skill library", detail))
+    except Exception as exc:
+        checks.append(Check("FAIL", "skill library", f"{type(exc).__name__}: {exc}"))
+    return checks
+
+
 async def _probe_credentials(name: str, adapter: Adapter) -> list[Check]:
     """Adapters that can prove their credentials against the platform (a token fetch) do so here.
 
@@ -145,6 +186,7 @@ async def run_doctor(config: str | None, *, llm_call: bool = True) -> int:
     checks += await check_storage(settings)
     checks.append(check_sqlite_vec())
     checks.append(await check_llm(settings, env, llm_call))
+    checks += await asyncio.to_thread(check_agent, settings)
     checks += await check_adapters(settings, env, probe=llm_call)
     for c in checks:
         print(f"{c.status:<4}  {c.name}: {c.detail}")
