@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -26,6 +26,9 @@ class ToolCall(BaseModel, frozen=True):
     id: str
     name: str
     arguments: str = "{}"
+
+
+OnText = Callable[[str], Awaitable[None]]
 
 
 class ChatMessage(BaseModel, frozen=True):
@@ -151,7 +154,12 @@ def prepare_litellm_env(env: MutableMapping[str, str]) -> None:
 class LLMClient(Protocol):
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> str: ...
     async def complete_tools(
-        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]], *, max_tokens: int | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        on_text: OnText | None = None,
     ) -> AssistantTurn: ...
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]: ...
     def is_configured(self) -> bool: ...
@@ -258,6 +266,7 @@ class LiteLLMClient:
         max_tokens: int | None,
         retries: int | None,
         tools: Sequence[Mapping[str, Any]] = (),
+        usage: bool = False,
     ) -> Any:
         profile = self._profiles[name]
         if name in self._problems:
@@ -277,6 +286,8 @@ class LiteLLMClient:
         }
         if tools:
             kwargs["tools"] = list(tools)
+        if usage and stream:
+            kwargs["stream_options"] = {"include_usage": True}
         try:
             return await lib.acompletion(**kwargs)
         except Exception as exc:
@@ -304,20 +315,84 @@ class LiteLLMClient:
         raise _give_up(failures)
 
     async def complete_tools(
-        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]], *, max_tokens: int | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        on_text: OnText | None = None,
     ) -> AssistantTurn:
-        """One non-streamed step of a tool-using loop (falls back across profiles like `complete`)."""
+        """One step of a tool-using loop. With `on_text` the answer streams (text deltas are forwarded as
+        they arrive, tool calls are assembled from their fragments); profiles fall back like `complete`,
+        and a streamed step only while nothing was forwarded yet."""
         failures: list[tuple[str, LLMError]] = []
         for name in self._chain():
+            forwarded = False
+
+            async def forward(delta: str) -> None:
+                nonlocal forwarded
+                forwarded = True
+                assert on_text is not None
+                await on_text(delta)
+
             try:
-                response = await self._call(
-                    name, messages, stream=False, max_tokens=max_tokens, retries=None, tools=tools
-                )
+                if on_text is None:
+                    response = await self._call(
+                        name, messages, stream=False, max_tokens=max_tokens, retries=None, tools=tools
+                    )
+                    return _assistant_turn(response)
+                return await self._streamed_turn(name, messages, tools, max_tokens, forward)
             except LLMError as err:
+                if forwarded:
+                    raise
                 self._fall_back(failures, name, err)
-            else:
-                return _assistant_turn(response)
         raise _give_up(failures)
+
+    async def _streamed_turn(
+        self,
+        name: str,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[Mapping[str, Any]],
+        max_tokens: int | None,
+        on_text: OnText,
+    ) -> AssistantTurn:
+        response = await self._call(
+            name, messages, stream=True, max_tokens=max_tokens, retries=None, tools=tools, usage=True
+        )
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        prompt = completion = 0
+        try:
+            async for chunk in response:
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    prompt = int(getattr(usage, "prompt_tokens", 0) or 0) or prompt
+                    completion = int(getattr(usage, "completion_tokens", 0) or 0) or completion
+                choices = getattr(chunk, "choices", None)
+                delta = getattr(choices[0], "delta", None) if choices else None
+                if delta is None:
+                    continue
+                content = getattr(delta, "content", None)
+                if isinstance(content, str) and content:
+                    text.append(content)
+                    await on_text(content)
+                for fragment in getattr(delta, "tool_calls", None) or []:
+                    _merge_call(calls, fragment)
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise self._mapped_error(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await response.aclose()
+        tool_calls = tuple(
+            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
+            for i, c in sorted(calls.items())
+            if c["name"]
+        )
+        return AssistantTurn(
+            text="".join(text), tool_calls=tool_calls, prompt_tokens=prompt, completion_tokens=completion
+        )
 
     async def _deltas(self, name: str, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         response = await self._call(name, messages, stream=True, max_tokens=None, retries=None)
@@ -395,3 +470,20 @@ def _assistant_turn(response: Any) -> AssistantTurn:
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
     )
+
+
+def _merge_call(calls: dict[int, dict[str, str]], fragment: Any) -> None:
+    """Streamed tool calls arrive in pieces keyed by index: id and name once, arguments in parts."""
+    index = getattr(fragment, "index", None)
+    key = index if isinstance(index, int) else len(calls)
+    entry = calls.setdefault(key, {"id": "", "name": "", "arguments": ""})
+    call_id = getattr(fragment, "id", None)
+    if isinstance(call_id, str) and call_id:
+        entry["id"] = call_id
+    function = getattr(fragment, "function", None)
+    name = getattr(function, "name", None)
+    if isinstance(name, str) and name:
+        entry["name"] = name if not entry["name"] or entry["name"] == name else entry["name"] + name
+    arguments = getattr(function, "arguments", None)
+    if isinstance(arguments, str):
+        entry["arguments"] += arguments

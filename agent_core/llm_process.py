@@ -28,6 +28,7 @@ from agent_core.llm import (
     LLMProfile,
     LLMRateLimited,
     LLMUnavailable,
+    OnText,
 )
 
 log = logging.getLogger(__name__)
@@ -221,13 +222,23 @@ class ProcessLLMClient:
         raise LLMUnavailable(_WORKER_EXITED)
 
     async def complete_tools(
-        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]], *, max_tokens: int | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        on_text: OnText | None = None,
     ) -> AssistantTurn:
         if not self.is_configured():
-            return await self._local.complete_tools(messages, tools, max_tokens=max_tokens)
-        async with contextlib.aclosing(self._request("complete_tools", messages, max_tokens, tools)) as replies:
-            async for turn in replies:
-                return AssistantTurn.model_validate(turn)
+            return await self._local.complete_tools(messages, tools, max_tokens=max_tokens, on_text=on_text)
+        op = "complete_tools" if on_text is None else "stream_tools"
+        async with contextlib.aclosing(self._request(op, messages, max_tokens, tools)) as replies:
+            async for item in replies:
+                if isinstance(item, str):
+                    if on_text is not None and item:
+                        await on_text(item)
+                    continue
+                return AssistantTurn.model_validate(item)
         raise LLMUnavailable(_WORKER_EXITED)
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:

@@ -74,9 +74,16 @@ class Worker:
                 self.send({"id": rid, "text": ""})
             elif op == "ping":
                 self.send({"id": rid, "text": await self._client.ping()})
-            elif op == "complete_tools":
+            elif op in ("complete_tools", "stream_tools"):
+
+                async def forward(delta: str) -> None:
+                    self.send({"id": rid, "delta": delta})
+
                 turn = await self._client.complete_tools(
-                    messages, request.get("tools", []), max_tokens=request.get("max_tokens")
+                    messages,
+                    request.get("tools", []),
+                    max_tokens=request.get("max_tokens"),
+                    on_text=forward if op == "stream_tools" else None,
                 )
                 self.send({"id": rid, "turn": turn.model_dump(mode="json")})
             elif op == "complete":

@@ -491,3 +491,22 @@ async def test_tool_calls_round_trip_with_results_and_usage(fake: FakeLLM) -> No
     assert sent["tools"][0]["function"]["name"] == "run_skill"
     assert sent["messages"][1]["tool_calls"][0]["id"] == "call_7"
     assert sent["messages"][2] == {"role": "tool", "content": '{"ok": true}', "tool_call_id": "call_7"}
+
+
+async def test_streamed_tool_turns_forward_text_and_assemble_tool_calls(fake: FakeLLM) -> None:
+    from tests.fakes.fake_llm import ToolCallReply
+
+    fake.enqueue(ToolCallReply("run_skill", {"name": "x"}, call_id="s1"), "a streamed final answer")
+    llm = client(fake.base_url)
+    seen: list[str] = []
+
+    async def on_text(delta: str) -> None:
+        seen.append(delta)
+
+    asked = [ChatMessage(role="user", content="go")]
+    first = await llm.complete_tools(asked, TOOLS, on_text=on_text)
+    assert [(c.id, c.name, c.arguments) for c in first.tool_calls] == [("s1", "run_skill", '{"name": "x"}')]
+    second = await llm.complete_tools(asked, TOOLS, on_text=on_text)
+    assert second.text == "a streamed final answer" and len(seen) > 1 and "".join(seen) == second.text
+    assert second.prompt_tokens > 0  # usage requested on the stream
+    assert all(r.body.get("stream") is True for r in fake.chat_requests())

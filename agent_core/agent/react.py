@@ -99,7 +99,7 @@ class SkillAgent:
         ]
         tools = ToolBox(self._skills, self._run_script, ctx, trace, privileged_roles=self._privileged_roles)
         try:
-            answer = await self._loop(messages, tools, ctx, trace, started)
+            answer = await self._loop(messages, tools, ctx, trace, started, on_delta)
         except LLMNotConfigured as exc:
             answer = ChatAnswer(text=exc.user_message, failed=True, error_kind="not_configured")
         except LLMError as exc:
@@ -107,12 +107,16 @@ class SkillAgent:
             trace.errors.append(f"llm: {type(exc).__name__}")
             answer = ChatAnswer(text=exc.user_message, failed=True, error_kind=type(exc).__name__)
         trace.duration = time.monotonic() - started
-        if on_delta is not None and not answer.failed:
-            await on_delta(answer.text)
         return answer, trace
 
     async def _loop(
-        self, messages: list[ChatMessage], tools: ToolBox, ctx: TurnContext, trace: TurnTrace, started: float
+        self,
+        messages: list[ChatMessage],
+        tools: ToolBox,
+        ctx: TurnContext,
+        trace: TurnTrace,
+        started: float,
+        on_delta: OnDelta | None,
     ) -> ChatAnswer:
         limits = self._limits
         last_text = ""
@@ -131,7 +135,7 @@ class SkillAgent:
             trace.steps += 1
             try:
                 async with asyncio.timeout(remaining):
-                    turn = await self._llm.complete_tools(messages, TOOL_DEFINITIONS)
+                    turn = await self._llm.complete_tools(messages, TOOL_DEFINITIONS, on_text=on_delta)
             except TimeoutError:
                 return _stopped(trace, "time", f"I ran out of time ({limits.wall_seconds:.0f} s per turn).", last_text)
             trace.prompt_tokens += turn.prompt_tokens
