@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent_core.agent.confirm import Confirmations
 from agent_core.agent.ports import TurnContext
 from agent_core.agent.react import SkillAgent
 from agent_core.chat import ChatAgent, ChatAnswer
@@ -20,6 +21,7 @@ from agent_core.llm import ChatMessage
 from gateway.messages import InboundMessage, SessionKey
 
 OnText = Callable[[str], Awaitable[None]]
+UNKNOWN_CODE = "That confirmation code is unknown or has expired, so nothing was run. Ask again if you still want it."
 
 
 class Responder(Protocol):
@@ -83,8 +85,10 @@ class SkillResponder:
         secrets: Mapping[str, str],
         workspace_of: Callable[[str], Path],
         allow_network: bool,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self._agent = agent
+        self._confirmations = confirmations
         self._members = {role: frozenset(members) for role, members in roles.items()}
         self._secrets = dict(secrets)
         self._workspace_of = workspace_of
@@ -105,6 +109,11 @@ class SkillResponder:
         on_progress: OnText | None,
     ) -> tuple[ChatAnswer, dict[str, Any] | None]:
         user_key = f"{last.platform}:{last.bot_id}:{last.sender_id}"
+        confirmed = None
+        if self._confirmations is not None and self._confirmations.is_confirmation(last.text):
+            confirmed = self._confirmations.take(user_key, last.text)  # only this user's own codes
+            if confirmed is None:
+                return ChatAnswer(text=UNKNOWN_CODE), None
         workspace = await asyncio.to_thread(self._workspace_of, user_key)  # the sandbox's, created 0700
         ctx = TurnContext(
             user_key=user_key,
@@ -113,6 +122,7 @@ class SkillResponder:
             on_progress=on_progress,
             granted_secrets=self._secrets,
             network_allowed=self._allow_network,
+            confirmed=confirmed,
         )
         answer, trace = await self._agent.answer(history, texts, ctx, on_delta)
         return answer, dataclasses.asdict(trace)

@@ -131,6 +131,7 @@ async def build_skill_responder(
     settings: Settings, env: Mapping[str, str], llm: LLMClient, spawn: Spawn, stop: asyncio.Event
 ) -> SkillResponder:
     """The skill agent with its library, router (built in the background) and sandbox."""
+    from agent_core.agent.confirm import Confirmations
     from agent_core.agent.react import AgentLimits, SkillAgent
 
     data = settings.storage.data_dir
@@ -138,6 +139,7 @@ async def build_skill_responder(
     library = await asyncio.to_thread(SkillLibrary, data / "skills")
     sandbox = await asyncio.to_thread(SandboxRunner, data / "workspaces")  # probes the isolation level once
     lazy = LazyRouter()
+    confirmations = Confirmations()
     spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop), "skill-router")
     agent = SkillAgent(
         llm,
@@ -152,9 +154,15 @@ async def build_skill_responder(
             skills_offered=cfg.skills_offered,
         ),
         privileged_roles=frozenset(cfg.privileged_roles),
+        confirmations=confirmations,
     )
     secrets = {name: env[var] for name, var in cfg.secrets_env.items() if env.get(var)}
     log.info("skill agent ready: sandbox %s", sandbox.describe())
     return SkillResponder(
-        agent, roles=cfg.roles, secrets=secrets, workspace_of=sandbox.workspace, allow_network=cfg.allow_network
+        agent,
+        roles=cfg.roles,
+        secrets=secrets,
+        workspace_of=sandbox.workspace,
+        allow_network=cfg.allow_network,
+        confirmations=confirmations,
     )

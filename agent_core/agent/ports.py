@@ -66,6 +66,8 @@ class TurnContext:
     on_progress: OnProgress | None = None
     granted_secrets: Mapping[str, str] = field(default_factory=dict)
     network_allowed: bool = True
+    # an action the user has just confirmed in chat (see agent/confirm.py): run before the model speaks
+    confirmed: Any = None
 
 
 @dataclass

@@ -9,15 +9,17 @@ for the audit log and for the reflection step that improves the library.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent_core.agent.confirm import Confirmations, PendingAction
 from agent_core.agent.ports import RouteHit, ScriptRunner, SkillFinder, SkillSource, TurnContext, TurnTrace
-from agent_core.agent.tools import TOOL_DEFINITIONS, ToolBox
+from agent_core.agent.tools import TOOL_DEFINITIONS, ToolBox, ToolError
 from agent_core.chat import DEFAULT_SYSTEM_PROMPT, ChatAnswer, OnDelta
-from agent_core.llm import ChatMessage, LLMClient, LLMError, LLMNotConfigured
+from agent_core.llm import ChatMessage, LLMClient, LLMError, LLMNotConfigured, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ class SkillAgent:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         limits: AgentLimits | None = None,
         privileged_roles: frozenset[str] = frozenset({"admin"}),
+        confirmations: Confirmations | None = None,
     ) -> None:
+        self._confirmations = confirmations
         self._llm = llm
         self._skills = skills
         self._finder = finder
@@ -97,8 +101,17 @@ class SkillAgent:
             *history,
             ChatMessage(role="user", content=query),
         ]
-        tools = ToolBox(self._skills, self._run_script, ctx, trace, privileged_roles=self._privileged_roles)
+        tools = ToolBox(
+            self._skills,
+            self._run_script,
+            ctx,
+            trace,
+            privileged_roles=self._privileged_roles,
+            confirmations=self._confirmations,
+        )
         try:
+            if isinstance(ctx.confirmed, PendingAction):
+                await self._run_confirmed(ctx.confirmed, tools, messages)
             answer = await self._loop(messages, tools, ctx, trace, started, on_delta)
         except LLMNotConfigured as exc:
             answer = ChatAnswer(text=exc.user_message, failed=True, error_kind="not_configured")
@@ -108,6 +121,27 @@ class SkillAgent:
             answer = ChatAnswer(text=exc.user_message, failed=True, error_kind=type(exc).__name__)
         trace.duration = time.monotonic() - started
         return answer, trace
+
+    async def _run_confirmed(self, action: PendingAction, tools: ToolBox, messages: list[ChatMessage]) -> None:
+        """Run exactly the action the user confirmed, and show the model its result to report on."""
+        skill = await asyncio.to_thread(self._skills.get, action.skill)
+        if skill is None:
+            result = f"ERROR: the skill {action.skill!r} no longer exists; nothing was run."
+        else:
+            try:
+                result = await tools.execute(skill, action.script, action.args_json)
+            except ToolError as exc:
+                result = f"ERROR: {exc}"
+        call = ToolCall(
+            id="confirmed",
+            name="run_skill",
+            arguments=json.dumps(
+                {"name": action.skill, "script": action.script, "args": json.loads(action.args_json)},
+                ensure_ascii=False,
+            ),
+        )
+        messages.append(ChatMessage(role="assistant", content="", tool_calls=(call,)))
+        messages.append(ChatMessage(role="tool", content=result, tool_call_id=call.id))
 
     async def _loop(
         self,

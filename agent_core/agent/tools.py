@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent_core.agent.confirm import Confirmations
 from agent_core.agent.ports import ScriptRunner, SkillRun, SkillSource, TurnContext, TurnTrace
 from agent_core.skills.model import Skill
 
@@ -72,7 +73,9 @@ class ToolBox:
         trace: TurnTrace,
         *,
         privileged_roles: frozenset[str] = frozenset({"admin"}),
+        confirmations: Confirmations | None = None,
     ) -> None:
+        self._confirmations = confirmations
         self._skills = skills
         self._run_script = run_script
         self._ctx = ctx
@@ -129,13 +132,27 @@ class ToolBox:
 
     async def _run_skill(self, args: Mapping[str, Any]) -> str:
         skill = await self._skill(args)
-        secrets = self._check_permissions(skill)
+        self._check_permissions(skill)  # before anything, parking included: a refused user cannot park either
         script = args.get("script")
         if not isinstance(script, str) or not script or "/" in script or script.startswith("."):
             raise ToolError("script must be a file name from the skill's scripts/ folder")
         if not (skill.path / "scripts" / script).is_file():
             raise ToolError(f"skill {skill.meta.name!r} has no script {script!r}")
         payload = json.dumps(args.get("args") or {}, ensure_ascii=False)
+        if skill.meta.extra.get("confirm") is True:
+            if self._confirmations is None:
+                raise ToolError(f"skill {skill.meta.name!r} needs a confirmation, which this channel cannot ask for")
+            action = self._confirmations.park(self._ctx.user_key, skill.meta.name, script, payload)
+            return (
+                f"CONFIRMATION REQUIRED: {skill.meta.name} changes things. Nothing was run. Tell the user exactly what "
+                f"will happen and ask them to reply `confirm {action.code}` within "
+                f"{int(action.expires_at - time.monotonic()) // 60 or 1} minutes."
+            )
+        return await self.execute(skill, script, payload)
+
+    async def execute(self, skill: Skill, script: str, payload: str) -> str:
+        """Run a script whose permissions were already checked (or that the user confirmed)."""
+        secrets = self._check_permissions(skill)
         network = "network" in skill.meta.permissions and self._ctx.network_allowed
         if self._ctx.on_progress is not None:
             await self._ctx.on_progress(f"running skill {skill.meta.name}")
