@@ -96,13 +96,23 @@ def _print_skill(library: SkillLibrary, skill: Skill) -> int:
 def _verify(library_or_none: SkillLibrary | None, target: str) -> int:
     from pathlib import Path
 
-    from agent_core.skills.testing import SubprocessRunner
     from agent_core.skills.verify import verify_skill
+    from gateway.skills_runtime import SandboxTestRunner
 
     path = Path(target) if "/" in target or library_or_none is None else library_or_none.get(target).path
-    report = verify_skill(path, SubprocessRunner())
+    report = verify_skill(path, SandboxTestRunner(_sandbox()))
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _sandbox() -> Any:
+    """A sandbox for running skill tests, with workspaces in a throwaway folder."""
+    import tempfile
+    from pathlib import Path
+
+    from agent_core.sandbox.runner import SandboxRunner
+
+    return SandboxRunner(Path(tempfile.mkdtemp(prefix="switchboard-verify-")))
 
 
 def _install(library: SkillLibrary, args: argparse.Namespace) -> int:

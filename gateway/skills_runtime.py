@@ -166,3 +166,33 @@ async def build_skill_responder(
         allow_network=cfg.allow_network,
         confirmations=confirmations,
     )
+
+
+class SandboxTestRunner:
+    """agent_core.skills.testing.ScriptRunner for `skills verify`: a skill's tests run in the sandbox too,
+    with network only if the skill declares it (verification may run code fetched from a git URL)."""
+
+    def __init__(self, sandbox: SandboxRunner, python: str = sys.executable) -> None:
+        self._sandbox = sandbox
+        self._python = python
+
+    def run(self, skill_path: Path, script: str, args_json: str, timeout: float) -> Any:
+        from agent_core.skills.parse import read_skill_dir
+        from agent_core.skills.testing import RunResult
+
+        meta, _ = read_skill_dir(skill_path)
+        policy = dataclasses.replace(
+            self._sandbox.default_policy, wall_timeout=timeout, allow_network="network" in meta.permissions
+        )
+        command = [self._python, script] if script.endswith(".py") else [script]
+        result = asyncio.run(
+            self._sandbox.run(
+                user_key=f"verify:{meta.name}",
+                skill_dir=skill_path,
+                command=command,
+                stdin_json=args_json,
+                policy=policy,
+            )
+        )
+        code = 124 if result.killed_reason == "timeout" else result.exit_code
+        return RunResult(code, result.stdout.decode("utf-8", "replace"), result.stderr.decode("utf-8", "replace"))
