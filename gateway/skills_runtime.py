@@ -17,6 +17,7 @@ from typing import Any
 
 from agent_core.agent.ports import ScriptOutcome
 from agent_core.llm import LLMClient
+from agent_core.sandbox.envs import SkillEnvCache
 from agent_core.sandbox.runner import SandboxRunner
 from agent_core.skills.library import SkillLibrary
 from agent_core.skills.model import Skill
@@ -45,18 +46,33 @@ class LibrarySource:
 class SandboxScripts:
     """agent_core.agent.ports.ScriptRunner: a skill's script in the sandbox, as `python scripts/<name>`."""
 
-    def __init__(self, runner: SandboxRunner, python: str = sys.executable) -> None:
+    def __init__(self, runner: SandboxRunner, envs: SkillEnvCache | None = None, python: str = sys.executable) -> None:
         self._runner = runner
+        self._envs = envs
         self._python = python
+
+    async def _interpreter(self, skill: Skill) -> str:
+        """The gateway's Python, or the skill version's own cached environment when it has requirements."""
+        if not skill.meta.requirements or self._envs is None:
+            return self._python
+        env_python = await self._envs.ensure_env(skill.meta.name, skill.content_hash, skill.meta.requirements)
+        return str(env_python)
 
     async def __call__(
         self, *, user_key: str, skill: Skill, script: str, args_json: str, secrets: Mapping[str, str], network: bool
     ) -> ScriptOutcome:
+        try:
+            python = await self._interpreter(skill)
+        except Exception as exc:  # e.g. no package index reachable: say so instead of running without them
+            reason = f"could not prepare the skill's Python environment: {type(exc).__name__}: {exc}"
+            return ScriptOutcome(
+                exit_code=None, stdout="", stderr=reason[:500], duration=0.0, killed_reason="environment"
+            )
         policy = dataclasses.replace(self._runner.default_policy, allow_network=network, secrets=dict(secrets))
         result = await self._runner.run(
             user_key=user_key,
             skill_dir=skill.path,
-            command=[self._python, f"scripts/{script}"],
+            command=[python, f"scripts/{script}"],
             stdin_json=args_json,
             policy=policy,
         )
@@ -141,11 +157,12 @@ async def build_skill_responder(
     lazy = LazyRouter()
     confirmations = Confirmations()
     spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop), "skill-router")
+    envs = SkillEnvCache(data / "skill_envs")
     agent = SkillAgent(
         llm,
         LibrarySource(library),
         lazy,
-        SandboxScripts(sandbox),
+        SandboxScripts(sandbox, envs),
         system_prompt=settings.llm.system_prompt,
         limits=AgentLimits(
             max_steps=cfg.max_steps,
