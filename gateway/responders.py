@@ -86,7 +86,9 @@ class SkillResponder:
         workspace_of: Callable[[str], Path],
         allow_network: bool,
         confirmations: Confirmations | None = None,
+        learn: Callable[[str, str], None] | None = None,
     ) -> None:
+        self._learn = learn
         self._agent = agent
         self._confirmations = confirmations
         self._members = {role: frozenset(members) for role, members in roles.items()}
@@ -125,4 +127,8 @@ class SkillResponder:
             confirmed=confirmed,
         )
         answer, trace = await self._agent.answer(history, texts, ctx, on_delta)
+        succeeded = {run.skill for run in trace.runs if run.ok}
+        if self._learn is not None and succeeded and not answer.failed:
+            for name in sorted(succeeded):  # the router learns which skill served this kind of request
+                await asyncio.to_thread(self._learn, name, trace.query)
         return answer, dataclasses.asdict(trace)

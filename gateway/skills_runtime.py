@@ -95,6 +95,11 @@ class LazyRouter:
     def route(self, query: str, k: int = 5) -> list[Any]:
         return [] if self.router is None else list(self.router.route(query, k))
 
+    def learn(self, name: str, query: str) -> None:
+        """A skill answered this query successfully: route similar queries to it (MetaTool's learned setting)."""
+        if self.router is not None:
+            self.router.learn(name, query)
+
 
 async def keep_router_current(library: SkillLibrary, lazy: LazyRouter, db_path: Path, stop: asyncio.Event) -> None:
     """Build the index off the loop, then follow library changes (also those made by the CLI)."""
@@ -182,6 +187,7 @@ async def build_skill_responder(
         workspace_of=sandbox.workspace,
         allow_network=cfg.allow_network,
         confirmations=confirmations,
+        learn=lazy.learn,
     )
 
 

@@ -49,6 +49,8 @@ async def test_a_question_is_routed_to_a_seed_skill_run_in_the_sandbox_and_answe
             await post(rt, make_payload("h1", "c1", "ops-alice", "is our health endpoint up? 检查服务状态"))
             [delivery] = await receiver.async_wait_visible(1, seconds=30)
             runs = await rt.traces.skill_runs()
+            router = rt.responder.target._agent._finder.router  # type: ignore[attr-defined]
+            learned = router.stats().examples
     finally:
         await health.cleanup()
     assert delivery.body["text"] == "Your endpoint is up."
@@ -59,3 +61,4 @@ async def test_a_question_is_routed_to_a_seed_skill_run_in_the_sandbox_and_answe
     assert result["all_ok"] is True and result["results"][0]["status"] == 200
     [run] = runs
     assert run["skill"] == "http-health-check" and run["ok"] == 1 and run["user_id"] == "ops-alice"
+    assert learned == 1  # the successful run taught the router this kind of request
