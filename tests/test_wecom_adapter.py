@@ -205,3 +205,19 @@ async def test_aibot_stream_is_finished_with_an_honest_message_after_an_llm_erro
     last = aibot_server.frames(req_id=req_id)[-1].stream
     assert last["finish"] is True and last["content"] and "Traceback" not in last["content"]
     assert aibot_server.errors == []
+
+
+def test_messages_are_built_from_the_safely_parsed_fields() -> None:
+    from adapters.wecom.app import message_from
+    from adapters.wxcommon.xml import CallbackRejected
+
+    base = {"ToUserName": "corp", "FromUserName": "zhangsan", "CreateTime": "1700000000", "AgentID": "1000002"}
+    text = message_from({**base, "MsgType": "text", "Content": "hi", "MsgId": "1"})
+    assert (text.type, text.content, text.source, text.agent) == ("text", "hi", "zhangsan", 1000002)
+    image = message_from({**base, "MsgType": "image", "PicUrl": "http://p", "MediaId": "m", "MsgId": "2"})
+    assert (image.type, image.media_id) == ("image", "m")
+    event = message_from({**base, "MsgType": "event", "Event": "enter_agent"})
+    assert event.type == "event"
+    assert message_from({**base, "MsgType": "holo", "MsgId": "3"}).type == "unknown"
+    with pytest.raises(CallbackRejected):
+        message_from(base)

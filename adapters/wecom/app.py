@@ -15,10 +15,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from wechatpy.enterprise import parse_message
 from wechatpy.enterprise.crypto import WeChatCrypto
 from wechatpy.enterprise.exceptions import InvalidCorpIdException
+from wechatpy.enterprise.parser import EVENT_TYPES, MESSAGE_TYPES
 from wechatpy.exceptions import InvalidSignatureException
+from wechatpy.messages import UnknownMessage
 
 from adapters.base import AdapterHost, SendReceipt
 from adapters.httpio import read_bounded
@@ -39,8 +40,10 @@ ROUTE = "/webhooks/wecom/{bot_id}"
 _MESSAGE_TYPES = frozenset({"text", "image", "voice", "link", "location"})
 
 
-def decrypt_callback(crypto: WeChatCrypto, body: bytes, query: Mapping[str, str], now: float, window: float) -> str:
-    """The plaintext XML of an encrypted callback; signature, CorpID and XML safety all checked."""
+def decrypt_callback(
+    crypto: WeChatCrypto, body: bytes, query: Mapping[str, str], now: float, window: float
+) -> dict[str, str]:
+    """The fields of an encrypted callback's message; signature, CorpID and XML safety all checked."""
     _fresh(query, now, window)
     encrypt = parse_xml(body).get("Encrypt", "")
     if not encrypt:
@@ -55,8 +58,18 @@ def decrypt_callback(crypto: WeChatCrypto, body: bytes, query: Mapping[str, str]
         raise CallbackRejected(403, "ciphertext is for another CorpID") from None
     except Exception as exc:
         raise CallbackRejected(400, f"undecryptable callback ({type(exc).__name__})") from None
-    parse_xml(xml)
-    return str(xml)
+    return parse_xml(xml)
+
+
+def message_from(fields: dict[str, str]) -> Any:
+    """wechatpy's message object built from the fields we already parsed safely (wechatpy's own
+    parse_message would run the document through xmltodict a second time)."""
+    kind = fields.get("MsgType", "").lower()
+    if not kind:
+        raise CallbackRejected(400, "message without MsgType")
+    if kind == "event":
+        return EVENT_TYPES.get(fields.get("Event", "").lower(), UnknownMessage)(fields)
+    return MESSAGE_TYPES.get(kind, UnknownMessage)(fields)
 
 
 def _fresh(query: Mapping[str, str], now: float, window: float) -> None:
@@ -160,9 +173,11 @@ class WeComApps:
             return resp
         now = self._clock()
         try:
-            xml = decrypt_callback(crypto, body, request.query, now, self._config.timestamp_window)
+            fields = decrypt_callback(crypto, body, request.query, now, self._config.timestamp_window)
             try:
-                message = parse_message(xml)
+                message = message_from(fields)
+            except CallbackRejected:
+                raise
             except Exception as exc:
                 raise CallbackRejected(400, f"not a WeCom message ({type(exc).__name__})") from None
         except CallbackRejected as exc:
