@@ -31,16 +31,34 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], object]
 
 
 class LibrarySource:
-    """agent_core.agent.ports.SkillSource over the library (None instead of an exception)."""
+    """agent_core.agent.ports.SkillSource over the library (None instead of an exception), cached.
+
+    A library read opens its index and parses SKILL.md (~1.5 ms); a turn looks up every offered skill,
+    so uncached lookups cost more CPU than the rest of the turn. Versions are immutable, so a cached
+    Skill stays right until the active pointer moves: the cache is dropped on every library change
+    (listener in this process, revision poll for the CLI's changes).
+    """
 
     def __init__(self, library: SkillLibrary) -> None:
         self._library = library
+        self._cache: dict[str, Skill | None] = {}
+        library.subscribe(lambda _change: self.invalidate())
 
     def get(self, name: str) -> Skill | None:
+        if name in self._cache:
+            return self._cache[name]
         try:
-            return self._library.get(name)
+            skill: Skill | None = self._library.get(name)
         except Exception:
-            return None
+            skill = None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[name] = skill
+        return skill
+
+    def invalidate(self) -> None:
+        """Forget every cached lookup (the library changed)."""
+        self._cache = {}
 
 
 class SandboxScripts:
@@ -101,7 +119,9 @@ class LazyRouter:
             self.router.learn(name, query)
 
 
-async def keep_router_current(library: SkillLibrary, lazy: LazyRouter, db_path: Path, stop: asyncio.Event) -> None:
+async def keep_router_current(
+    library: SkillLibrary, lazy: LazyRouter, db_path: Path, stop: asyncio.Event, on_change: Callable[[], None]
+) -> None:
     """Build the index off the loop, then follow library changes (also those made by the CLI)."""
     from agent_core.router import SkillRouter
     from agent_core.skills.seeds import ensure_seeds
@@ -137,6 +157,7 @@ async def keep_router_current(library: SkillLibrary, lazy: LazyRouter, db_path: 
                 current = await asyncio.to_thread(library.revision)
                 if current != revision:
                     await asyncio.to_thread(sync, router)
+                    on_change()
                     revision = current
     finally:
         await asyncio.to_thread(router.close)
@@ -161,11 +182,12 @@ async def build_skill_responder(
     sandbox = await asyncio.to_thread(SandboxRunner, data / "workspaces")  # probes the isolation level once
     lazy = LazyRouter()
     confirmations = Confirmations()
-    spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop), "skill-router")
+    source = LibrarySource(library)
+    spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop, source.invalidate), "skill-router")
     envs = SkillEnvCache(data / "skill_envs")
     agent = SkillAgent(
         llm,
-        LibrarySource(library),
+        source,
         lazy,
         SandboxScripts(sandbox, envs),
         system_prompt=settings.llm.system_prompt,

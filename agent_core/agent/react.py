@@ -64,23 +64,30 @@ class SkillAgent:
         self._limits = limits or AgentLimits()
         self._privileged_roles = privileged_roles
 
-    async def _offer(self, query: str) -> list[RouteHit]:
+    def _route(self, query: str) -> tuple[list[RouteHit], list[str]]:
+        """Hits and their prompt lines; runs in a worker thread (routing and library reads are CPU and disk)."""
         if self._finder is None:
-            return []
-        try:
-            hits = await asyncio.to_thread(self._finder.route, query, self._limits.skills_offered)
-        except Exception:
-            log.exception("skill routing failed; answering without skills")
-            return []
-        return [RouteHit(str(h.name), float(h.score), str(getattr(h, "why", ""))) for h in hits]
-
-    def _system(self, offered: Sequence[RouteHit]) -> str:
+            return [], []
+        hits = [
+            RouteHit(str(h.name), float(h.score), str(getattr(h, "why", "")))
+            for h in self._finder.route(query, self._limits.skills_offered)
+        ]
         lines = []
-        for hit in offered:
+        for hit in hits:
             skill = self._skills.get(hit.name)
             if skill is not None:
                 why = f" (matched: {hit.why})" if hit.why else ""
                 lines.append(f"- {skill.meta.name}: {skill.meta.description}{why}")
+        return hits, lines
+
+    async def _offer(self, query: str) -> tuple[list[RouteHit], list[str]]:
+        try:
+            return await asyncio.to_thread(self._route, query)
+        except Exception:
+            log.exception("skill routing failed; answering without skills")
+            return [], []
+
+    def _system(self, lines: Sequence[str]) -> str:
         listing = "\n".join(lines) if lines else "(no skill matched this request)"
         return f"{self._system_prompt}\n\n{SKILL_GUIDE}\n\nSkills:\n{listing}"
 
@@ -95,9 +102,9 @@ class SkillAgent:
         started = time.monotonic()
         query = "\n\n".join(user_texts)
         trace = TurnTrace(query=query)
-        trace.offered = await self._offer(query)
+        trace.offered, lines = await self._offer(query)
         messages = [
-            ChatMessage(role="system", content=self._system(trace.offered)),
+            ChatMessage(role="system", content=self._system(lines)),
             *history,
             ChatMessage(role="user", content=query),
         ]
