@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -103,6 +104,7 @@ class Plan:
     memory_sessions: int
     history_per_session: int
     kinds: tuple[str, ...]
+    agent: bool = True  # False: turns are plain chat (no skill routing / tools), to see what the agent costs
 
     @staticmethod
     def full() -> Plan:
@@ -207,7 +209,7 @@ class Bench:
         d = self._next(f"gateway-{kind}-{mode}")
         with CallbackReceiver(SECRET.encode()) as receiver:
             config = d / "config.yaml"
-            gateway_config(config, d / "data", synchronous, llm.base_url, receiver.url)
+            gateway_config(config, d / "data", synchronous, llm.base_url, receiver.url, agent=self.plan.agent)
             server = ServerProc(
                 f"gateway {synchronous}",
                 [*SWITCHBOARD, "--config", str(config), "serve"],
@@ -258,7 +260,7 @@ class Bench:
         d = self._next("e2e-full")
         with CallbackReceiver(SECRET.encode()) as receiver:
             config = d / "config.yaml"
-            gateway_config(config, d / "data", "FULL", self.llm.base_url, receiver.url)
+            gateway_config(config, d / "data", "FULL", self.llm.base_url, receiver.url, agent=self.plan.agent)
             server = ServerProc(
                 "gateway e2e",
                 [*SWITCHBOARD, "--config", str(config), "serve"],
@@ -472,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round, ~30 s")
     parser.add_argument("--json", type=Path, help="also write all figures as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    parser.add_argument("--plain-chat", action="store_true", help="turns without the skill agent (agent.enabled off)")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.plain_chat:
+        plan = dataclasses.replace(plan, agent=False)
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
 
     def log(msg: str) -> None:

@@ -188,7 +188,14 @@ class ServerProc:
 
 
 def gateway_config(
-    path: Path, data_dir: Path, synchronous: str, llm_url: str, callback_url: str, *, max_concurrency: int = 32
+    path: Path,
+    data_dir: Path,
+    synchronous: str,
+    llm_url: str,
+    callback_url: str,
+    *,
+    max_concurrency: int = 32,
+    agent: bool = True,
 ) -> None:
     """The gateway's config file; everything not set here keeps its default (bus.max_concurrency is 32)."""
     config = {
@@ -213,6 +220,8 @@ def gateway_config(
             }
         },
     }
+    if not agent:
+        config["agent"] = {"enabled": False}
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is valid YAML
 
 
