@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import sys
@@ -473,17 +474,35 @@ def _assistant_turn(response: Any) -> AssistantTurn:
 
 
 def _merge_call(calls: dict[int, dict[str, str]], fragment: Any) -> None:
-    """Streamed tool calls arrive in pieces keyed by index: id and name once, arguments in parts."""
+    """Streamed tool calls arrive in pieces: id and name once, arguments in parts, usually keyed by index.
+
+    Providers differ: some omit the index, some send each whole call in one fragment (possibly all with
+    index 0). A fragment with a new id starts a new call; one without index, id and name continues the
+    last call.
+    """
     index = getattr(fragment, "index", None)
-    key = index if isinstance(index, int) else len(calls)
-    entry = calls.setdefault(key, {"id": "", "name": "", "arguments": ""})
     call_id = getattr(fragment, "id", None)
-    if isinstance(call_id, str) and call_id:
-        entry["id"] = call_id
+    call_id = call_id if isinstance(call_id, str) and call_id else ""
     function = getattr(fragment, "function", None)
     name = getattr(function, "name", None)
-    if isinstance(name, str) and name:
-        entry["name"] = name if not entry["name"] or entry["name"] == name else entry["name"] + name
+    name = name if isinstance(name, str) else ""
     arguments = getattr(function, "arguments", None)
-    if isinstance(arguments, str):
-        entry["arguments"] += arguments
+    if isinstance(arguments, dict):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    arguments = arguments if isinstance(arguments, str) else ""
+    if (
+        isinstance(index, int)
+        and index in calls
+        and not (call_id and calls[index]["id"] and call_id != calls[index]["id"])
+    ) or (isinstance(index, int) and index not in calls):
+        key = index
+    elif not call_id and not name and calls:
+        key = max(calls)  # a continuation without any key
+    else:
+        key = max(calls, default=-1) + 1
+    entry = calls.setdefault(key, {"id": "", "name": "", "arguments": ""})
+    if call_id:
+        entry["id"] = call_id
+    if name:
+        entry["name"] = name
+    entry["arguments"] += arguments

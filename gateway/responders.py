@@ -112,7 +112,8 @@ class SkillResponder:
     ) -> tuple[ChatAnswer, dict[str, Any] | None]:
         user_key = f"{last.platform}:{last.bot_id}:{last.sender_id}"
         confirmed = None
-        if self._confirmations is not None and self._confirmations.is_confirmation(last.text):
+        confirming = self._confirmations is not None and self._confirmations.is_confirmation(last.text)
+        if confirming and self._confirmations is not None and self._confirmations.has_pending(user_key):
             confirmed = self._confirmations.take(user_key, last.text)  # only this user's own codes
             if confirmed is None:
                 return ChatAnswer(text=UNKNOWN_CODE), None

@@ -87,13 +87,17 @@ class SandboxScripts:
                 exit_code=None, stdout="", stderr=reason[:500], duration=0.0, killed_reason="environment"
             )
         policy = dataclasses.replace(self._runner.default_policy, allow_network=network, secrets=dict(secrets))
-        result = await self._runner.run(
-            user_key=user_key,
-            skill_dir=skill.path,
-            command=[python, f"scripts/{script}"],
-            stdin_json=args_json,
-            policy=policy,
-        )
+        try:
+            result = await self._runner.run(
+                user_key=user_key,
+                skill_dir=skill.path,
+                command=[python, f"scripts/{script}"],
+                stdin_json=args_json,
+                policy=policy,
+            )
+        except Exception as exc:  # the sandbox itself failed (bwrap, workspace, executable): an honest error
+            log.exception("sandbox could not run %s/%s", skill.meta.name, script)
+            return ScriptOutcome(None, "", f"the sandbox failed: {type(exc).__name__}", 0.0, killed_reason="sandbox")
         return ScriptOutcome(
             exit_code=result.exit_code,
             stdout=result.stdout.decode("utf-8", errors="replace"),

@@ -158,13 +158,19 @@ class TurnRunner:
             return None, None
         chunks: list[str] = []
 
+        async def show(text: str) -> None:
+            try:  # a live view is best effort: its failure must never fail the answer
+                await stream.update(text)
+            except Exception:
+                log.exception("live view update failed")
+
         async def on_delta(delta: str) -> None:
             chunks.append(delta)
-            await stream.update("".join(chunks))
+            await show("".join(chunks))
 
         async def on_progress(line: str) -> None:
             if not chunks:  # once the answer is being written, it is what the user watches
-                await stream.update(f"⏳ {line}…")
+                await show(f"⏳ {line}…")
 
         return on_delta, on_progress
 

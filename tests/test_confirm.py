@@ -79,7 +79,10 @@ async def test_the_parked_action_runs_only_on_the_users_confirmation_exactly_onc
     parked = fake_llm.chat_requests()[1].body["messages"][-1]["content"]
     code = re.search(r"confirm ([0-9a-f]+)", parked).group(1)  # type: ignore[union-attr]
 
-    assert await ask(r, "mallory", f"confirm {code}") == UNKNOWN_CODE  # another user's code does nothing
+    await ask(r, "mallory", f"confirm {code}")  # another user's code: an ordinary message, nothing runs
+    assert runner.calls == []
+    wrong = "000000" if code != "000000" else "111111"
+    assert await ask(r, "alice", f"confirm {wrong}") == UNKNOWN_CODE  # a pending user with a wrong code
     assert runner.calls == []
 
     fake_llm.enqueue("nginx was restarted.")
@@ -88,7 +91,7 @@ async def test_the_parked_action_runs_only_on_the_users_confirmation_exactly_onc
     shown = fake_llm.chat_requests()[-1].body["messages"]
     assert shown[-1]["role"] == "tool" and '"restarted": "nginx"' in shown[-1]["content"]
 
-    assert await ask(r, "alice", f"confirm {code}") == UNKNOWN_CODE  # single use
+    await ask(r, "alice", f"confirm {code}")  # single use: a second confirmation runs nothing
     assert len(runner.calls) == 1
 
 
@@ -103,4 +106,35 @@ async def test_a_confirmation_expires(tmp_path: Path, fake_llm: FakeLLM, model: 
     parked = fake_llm.chat_requests()[1].body["messages"][-1]["content"]
     code = re.search(r"confirm ([0-9a-f]+)", parked).group(1)  # type: ignore[union-attr]
     now[0] = 301
-    assert await ask(r, "bob", f"确认 {code}") == UNKNOWN_CODE and runner.calls == []
+    await ask(r, "bob", f"确认 {code}")  # expired: nothing pending any more, so nothing can run
+    assert runner.calls == []
+
+
+async def test_look_alike_replies_are_ordinary_messages_and_a_quoted_true_still_asks(
+    tmp_path: Path, fake_llm: FakeLLM, model: LiteLLMClient
+) -> None:
+    runner, confirmations = Runner(), Confirmations()
+    r = responder(model, restart_skill(tmp_path), runner, confirmations, tmp_path)
+    fake_llm.enqueue("Sure, what should I do?")
+    assert await ask(r, "carol", "confirm facade") == "Sure, what should I do?"  # nothing pending: a normal turn
+    assert await ask(r, "carol", "yes please") == "echo: yes please"
+
+    from agent_core.agent.tools import needs_confirmation
+
+    quoted = restart_skill(tmp_path / "q")
+    object.__setattr__(quoted.meta, "extra", {"confirm": "true"})
+    assert needs_confirmation(quoted)
+    object.__setattr__(quoted.meta, "extra", {"confirm": "no"})
+    assert not needs_confirmation(quoted)
+
+
+async def test_a_tool_that_breaks_costs_an_error_message_not_the_turn(
+    tmp_path: Path, fake_llm: FakeLLM, model: LiteLLMClient
+) -> None:
+    from agent_core.agent.ports import TurnContext
+
+    fake_llm.enqueue(ToolCallReply("write_file", {"path": ".", "content": "x"}), "handled")
+    agent = SkillAgent(model, Library(), None, Runner())
+    answer, trace = await agent.answer([], ["write"], TurnContext(user_key="u", workspace=tmp_path))
+    assert answer.text == "handled" and "internal" in trace.errors[0]
+    assert "ERROR" in fake_llm.chat_requests()[1].body["messages"][-1]["content"]

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CONFIRM_RE = re.compile(r"^\s*(?:confirm|yes|确认|是)\s+([a-z0-9]{4,8})\s*[.!。！]?\s*$", re.IGNORECASE)
+CONFIRM_RE = re.compile(r"^\s*(?:confirm|确认)\s+([0-9a-f]{6})\s*[.!。！]?\s*$", re.IGNORECASE)
 DEFAULT_TTL = 300.0
+MAX_PENDING_PER_USER = 5
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class Confirmations:
         with self._lock:
             self._prune(user_key)
             action = PendingAction(secrets.token_hex(3), skill, script, args_json, self._clock() + self._ttl)
-            self._pending.setdefault(user_key, {})[action.code] = action
+            actions = self._pending.setdefault(user_key, {})
+            while len(actions) >= MAX_PENDING_PER_USER:  # the oldest goes: a model cannot park without bound
+                del actions[next(iter(actions))]
+            actions[action.code] = action
             return action
 
     def take(self, user_key: str, text: str) -> PendingAction | None:
@@ -59,6 +63,12 @@ class Confirmations:
     def is_confirmation(self, text: str) -> bool:
         """Whether `text` looks like a confirmation reply at all (valid or not)."""
         return CONFIRM_RE.match(text) is not None
+
+    def has_pending(self, user_key: str) -> bool:
+        """Whether this user has any action waiting (a look-alike message is then answered as a code)."""
+        with self._lock:
+            self._prune(user_key)
+            return bool(self._pending.get(user_key))
 
     def _prune(self, user_key: str) -> None:
         now = self._clock()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from agent_core.agent.confirm import Confirmations
 from agent_core.agent.ports import ScriptRunner, SkillRun, SkillSource, TurnContext, TurnTrace
 from agent_core.skills.model import Skill
+
+log = logging.getLogger(__name__)
 
 MAX_READ_BYTES = 64 * 1024
 MAX_WRITE_BYTES = 1024 * 1024
@@ -56,6 +59,14 @@ TOOL_DEFINITIONS: list[dict[str, Any]] = [
         ["note"],
     ),
 ]
+
+
+def needs_confirmation(skill: Skill) -> bool:
+    """`confirm:` in the front matter, read so that anything but an explicit no asks (fails closed)."""
+    value = skill.meta.extra.get("confirm")
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, str) and value.strip().lower() in ("", "false", "no", "0", "off"))
 
 
 class ToolError(Exception):
@@ -101,6 +112,10 @@ class ToolBox:
         except (ToolError, ValueError) as exc:
             self._trace.errors.append(f"{name}: {exc}")
             return f"ERROR: {exc}"
+        except Exception as exc:  # a broken tool must cost one honest error, never the whole turn (and its retries)
+            log.exception("tool %s failed", name)
+            self._trace.errors.append(f"{name}: internal {type(exc).__name__}")
+            return f"ERROR: the tool failed ({type(exc).__name__}); nothing more is known"
         return result[:MAX_TOOL_RESULT_CHARS]
 
     async def _skill(self, args: Mapping[str, Any]) -> Skill:
@@ -139,7 +154,7 @@ class ToolBox:
         if not (skill.path / "scripts" / script).is_file():
             raise ToolError(f"skill {skill.meta.name!r} has no script {script!r}")
         payload = json.dumps(args.get("args") or {}, ensure_ascii=False)
-        if skill.meta.extra.get("confirm") is True:
+        if needs_confirmation(skill):
             if self._confirmations is None:
                 raise ToolError(f"skill {skill.meta.name!r} needs a confirmation, which this channel cannot ask for")
             action = self._confirmations.park(self._ctx.user_key, skill.meta.name, script, payload)
@@ -151,7 +166,10 @@ class ToolBox:
         return await self.execute(skill, script, payload)
 
     async def execute(self, skill: Skill, script: str, payload: str) -> str:
-        """Run a script whose permissions were already checked (or that the user confirmed)."""
+        """Run a script; audience and permissions are checked again (a confirmed action too)."""
+        audience = set(skill.meta.audience)
+        if audience and not audience & self._ctx.roles:
+            raise ToolError(f"skill {skill.meta.name!r} is only for: {', '.join(sorted(audience))}")
         secrets = self._check_permissions(skill)
         network = "network" in skill.meta.permissions and self._ctx.network_allowed
         if self._ctx.on_progress is not None:
