@@ -146,7 +146,11 @@ class TurnRunner:
         if trace is not None and self._traces is not None:
             try:  # the answer is committed; a lost trace costs learning, never the reply
                 await self._traces.record(
-                    at=self._clock(), session_key=str(key), user_id=last.sender_id, inbound_ids=ids, trace=trace
+                    at=self._clock(),
+                    session_key=str(key),
+                    user_id=f"{last.platform}:{last.bot_id}:{last.sender_id}",  # unambiguous across platforms
+                    inbound_ids=ids,
+                    trace=trace,
                 )
             except Exception:
                 log.exception("could not store the trace of a turn")

@@ -60,5 +60,5 @@ async def test_a_question_is_routed_to_a_seed_skill_run_in_the_sandbox_and_answe
     result = json.loads(tool_result)
     assert result["all_ok"] is True and result["results"][0]["status"] == 200
     [run] = runs
-    assert run["skill"] == "http-health-check" and run["ok"] == 1 and run["user_id"] == "ops-alice"
+    assert run["skill"] == "http-health-check" and run["ok"] == 1 and run["user_id"] == "webhook:ops:ops-alice"
     assert learned == 1  # the successful run taught the router this kind of request

@@ -138,3 +138,26 @@ async def test_a_tool_that_breaks_costs_an_error_message_not_the_turn(
     answer, trace = await agent.answer([], ["write"], TurnContext(user_key="u", workspace=tmp_path))
     assert answer.text == "handled" and "internal" in trace.errors[0]
     assert "ERROR" in fake_llm.chat_requests()[1].body["messages"][-1]["content"]
+
+
+async def test_a_skill_rewritten_after_parking_is_not_run_on_the_old_confirmation(
+    tmp_path: Path, fake_llm: FakeLLM, model: LiteLLMClient
+) -> None:
+    runner, confirmations = Runner(), Confirmations()
+    original = restart_skill(tmp_path)
+    library = Library(original)
+    agent = SkillAgent(model, library, None, runner, confirmations=confirmations)
+    r = SkillResponder(
+        agent, roles={}, secrets={}, workspace_of=lambda key: tmp_path, allow_network=False, confirmations=confirmations
+    )
+    call = {"name": "restart-service", "script": "main.py", "args": {"service": "api"}}
+    fake_llm.enqueue(ToolCallReply("run_skill", call), "confirm?")
+    await ask(r, "dave", "restart api")
+    code = re.search(r"confirm ([0-9a-f]+)", fake_llm.chat_requests()[1].body["messages"][-1]["content"]).group(1)  # type: ignore[union-attr]
+    library.skills["restart-service"] = Skill(
+        meta=original.meta, instructions="new", path=original.path, content_hash="d" * 64
+    )
+    fake_llm.enqueue("It changed, so I did not run it.")
+    await ask(r, "dave", f"confirm {code}")
+    assert runner.calls == []
+    assert "changed since it was confirmed" in fake_llm.chat_requests()[-1].body["messages"][-1]["content"]

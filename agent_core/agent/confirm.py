@@ -29,6 +29,7 @@ class PendingAction:
     script: str
     args_json: str
     expires_at: float
+    content_hash: str = ""  # the exact version the user was told about
 
 
 class Confirmations:
@@ -40,11 +41,12 @@ class Confirmations:
         self._pending: dict[str, dict[str, PendingAction]] = {}
         self._lock = threading.Lock()
 
-    def park(self, user_key: str, skill: str, script: str, args_json: str) -> PendingAction:
+    def park(self, user_key: str, skill: str, script: str, args_json: str, content_hash: str = "") -> PendingAction:
         """Remember an action and return it with its code."""
         with self._lock:
             self._prune(user_key)
-            action = PendingAction(secrets.token_hex(3), skill, script, args_json, self._clock() + self._ttl)
+            expires = self._clock() + self._ttl
+            action = PendingAction(secrets.token_hex(3), skill, script, args_json, expires, content_hash)
             actions = self._pending.setdefault(user_key, {})
             while len(actions) >= MAX_PENDING_PER_USER:  # the oldest goes: a model cannot park without bound
                 del actions[next(iter(actions))]

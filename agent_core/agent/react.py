@@ -134,6 +134,8 @@ class SkillAgent:
         skill = await asyncio.to_thread(self._skills.get, action.skill)
         if skill is None:
             result = f"ERROR: the skill {action.skill!r} no longer exists; nothing was run."
+        elif action.content_hash and skill.content_hash != action.content_hash:
+            result = f"ERROR: {action.skill!r} changed since it was confirmed; nothing was run. Ask the user again."
         else:
             try:
                 result = await tools.execute(skill, action.script, action.args_json)
@@ -191,7 +193,13 @@ class SkillAgent:
                 return ChatAnswer(text=text)
             messages.append(ChatMessage(role="assistant", content=turn.text, tool_calls=turn.tool_calls))
             for call in turn.tool_calls:
-                result = await tools.call(call.name, call.arguments)
+                remaining = limits.wall_seconds - (time.monotonic() - started)
+                try:
+                    async with asyncio.timeout(max(remaining, 0.001)):  # tools count against the turn's time too
+                        result = await tools.call(call.name, call.arguments)
+                except TimeoutError:
+                    reason = f"I ran out of time ({limits.wall_seconds:.0f} s per turn) while using a skill."
+                    return _stopped(trace, "time", reason, last_text)
                 messages.append(ChatMessage(role="tool", content=result, tool_call_id=call.id))
 
 

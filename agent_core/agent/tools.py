@@ -157,7 +157,9 @@ class ToolBox:
         if needs_confirmation(skill):
             if self._confirmations is None:
                 raise ToolError(f"skill {skill.meta.name!r} needs a confirmation, which this channel cannot ask for")
-            action = self._confirmations.park(self._ctx.user_key, skill.meta.name, script, payload)
+            action = self._confirmations.park(
+                self._ctx.user_key, skill.meta.name, script, payload, content_hash=skill.content_hash
+            )
             return (
                 f"CONFIRMATION REQUIRED: {skill.meta.name} changes things. Nothing was run. Tell the user exactly what "
                 f"will happen and ask them to reply `confirm {action.code}` within "
