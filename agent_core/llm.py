@@ -8,56 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import os
 import sys
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-
-class ToolCall(BaseModel, frozen=True):
-    """The model asking to run tool `name`; `arguments` is the raw JSON text the model wrote."""
-
-    id: str
-    name: str
-    arguments: str = "{}"
-
-
-OnText = Callable[[str], Awaitable[None]]
-
-
-class ChatMessage(BaseModel, frozen=True):
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
-    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
-    tool_call_id: str | None = None  # tool results: which call they answer
-
-    def wire(self) -> dict[str, Any]:
-        """The OpenAI chat-completions shape litellm expects."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            out["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in self.tool_calls
-            ]
-        if self.tool_call_id is not None:
-            out["tool_call_id"] = self.tool_call_id
-        return out
-
-
-class AssistantTurn(BaseModel, frozen=True):
-    """One model answer in a tool-using loop: text, tool calls, and what it cost."""
-
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+from agent_core.llm_tools import assistant_turn, merge_call
+from agent_core.llm_types import AssistantTurn as AssistantTurn
+from agent_core.llm_types import ChatMessage as ChatMessage
+from agent_core.llm_types import OnText as OnText
+from agent_core.llm_types import ToolCall as ToolCall
 
 
 class LLMProfile(BaseModel, extra="forbid"):
@@ -341,7 +307,7 @@ class LiteLLMClient:
                     response = await self._call(
                         name, messages, stream=False, max_tokens=max_tokens, retries=None, tools=tools
                     )
-                    return _assistant_turn(response)
+                    return assistant_turn(response)
                 return await self._streamed_turn(name, messages, tools, max_tokens, forward)
             except LLMError as err:
                 if forwarded:
@@ -378,7 +344,7 @@ class LiteLLMClient:
                     text.append(content)
                     await on_text(content)
                 for fragment in getattr(delta, "tool_calls", None) or []:
-                    _merge_call(calls, fragment)
+                    merge_call(calls, fragment)
         except LLMError:
             raise
         except Exception as exc:
@@ -449,60 +415,3 @@ def _route_litellm_logs_to_root() -> None:
             lib_logger.removeHandler(handler)
         lib_logger.propagate = True
         lib_logger.setLevel(max(lib_logger.level, logging.WARNING))
-
-
-def _assistant_turn(response: Any) -> AssistantTurn:
-    """litellm's ModelResponse as an AssistantTurn (tolerant of providers that omit fields)."""
-    message = response.choices[0].message
-    calls = []
-    for i, call in enumerate(getattr(message, "tool_calls", None) or []):
-        function = getattr(call, "function", None)
-        name = getattr(function, "name", None)
-        if not isinstance(name, str) or not name:
-            continue
-        arguments = getattr(function, "arguments", None)
-        call_id = getattr(call, "id", None) or f"call_{i}"
-        calls.append(ToolCall(id=str(call_id), name=name, arguments=arguments if isinstance(arguments, str) else "{}"))
-    usage = getattr(response, "usage", None)
-    content = getattr(message, "content", None)
-    return AssistantTurn(
-        text=content if isinstance(content, str) else "",
-        tool_calls=tuple(calls),
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-    )
-
-
-def _merge_call(calls: dict[int, dict[str, str]], fragment: Any) -> None:
-    """Streamed tool calls arrive in pieces: id and name once, arguments in parts, usually keyed by index.
-
-    Providers differ: some omit the index, some send each whole call in one fragment (possibly all with
-    index 0). A fragment with a new id starts a new call; one without index, id and name continues the
-    last call.
-    """
-    index = getattr(fragment, "index", None)
-    call_id = getattr(fragment, "id", None)
-    call_id = call_id if isinstance(call_id, str) and call_id else ""
-    function = getattr(fragment, "function", None)
-    name = getattr(function, "name", None)
-    name = name if isinstance(name, str) else ""
-    arguments = getattr(function, "arguments", None)
-    if isinstance(arguments, dict):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    arguments = arguments if isinstance(arguments, str) else ""
-    if (
-        isinstance(index, int)
-        and index in calls
-        and not (call_id and calls[index]["id"] and call_id != calls[index]["id"])
-    ) or (isinstance(index, int) and index not in calls):
-        key = index
-    elif not call_id and not name and calls:
-        key = max(calls)  # a continuation without any key
-    else:
-        key = max(calls, default=-1) + 1
-    entry = calls.setdefault(key, {"id": "", "name": "", "arguments": ""})
-    if call_id:
-        entry["id"] = call_id
-    if name:
-        entry["name"] = name
-    entry["arguments"] += arguments

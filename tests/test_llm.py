@@ -515,25 +515,25 @@ async def test_streamed_tool_turns_forward_text_and_assemble_tool_calls(fake: Fa
 def test_streamed_tool_call_fragments_from_different_providers_are_assembled() -> None:
     from types import SimpleNamespace as NS
 
-    from agent_core.llm import _merge_call
+    from agent_core.llm_tools import merge_call
 
     def frag(index: object = None, id: object = None, name: object = None, args: object = None) -> NS:
         return NS(index=index, id=id, function=NS(name=name, arguments=args))
 
     usual: dict[int, dict[str, str]] = {}
     for f in (frag(0, "a", "read_file", '{"pa'), frag(0, None, None, 'th": "x"}'), frag(1, "b", "remember", "{}")):
-        _merge_call(usual, f)
+        merge_call(usual, f)
     assert [(c["id"], c["name"], c["arguments"]) for c in usual.values()] == [
         ("a", "read_file", '{"path": "x"}'),
         ("b", "remember", "{}"),
     ]
     no_index: dict[int, dict[str, str]] = {}
     for f in (frag(None, "a", "read_file", '{"pa'), frag(None, None, None, 'th": "x"}')):
-        _merge_call(no_index, f)
+        merge_call(no_index, f)
     assert [c["arguments"] for c in no_index.values()] == ['{"path": "x"}']
     whole_calls_same_index: dict[int, dict[str, str]] = {}
     for f in (frag(0, "a", "read_file", {"path": "x"}), frag(0, "b", "open_skill", '{"name": "y"}')):
-        _merge_call(whole_calls_same_index, f)
+        merge_call(whole_calls_same_index, f)
     assert [(c["name"], c["arguments"]) for c in whole_calls_same_index.values()] == [
         ("read_file", '{"path": "x"}'),
         ("open_skill", '{"name": "y"}'),
