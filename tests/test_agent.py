@@ -175,3 +175,23 @@ async def test_workspace_files_stay_inside_and_bad_calls_go_back_to_the_model(
     assert requests[3].body["messages"][-1]["content"] == "hello"
     assert "unknown tool" in requests[4].body["messages"][-1]["content"]
     assert trace.memory_notes == ["prefers Chinese"]
+
+
+def test_workspace_files_refuse_symlinks_anywhere_on_the_path(tmp_path: Path) -> None:
+    from agent_core.agent.workspace_files import WorkspacePathError, read_text, write_bytes
+
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    ws.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("gateway secret")
+    (ws / "link").symlink_to(outside)  # what a sandboxed script could plant
+    (ws / "file-link").symlink_to(outside / "secret.txt")
+    for path in ("link/secret.txt", "file-link", "../outside/secret.txt", "/etc/hostname"):
+        with pytest.raises(WorkspacePathError):
+            read_text(ws, path, 100)
+    for path in ("link/new.txt", "file-link"):
+        with pytest.raises(WorkspacePathError):
+            write_bytes(ws, path, b"x")
+    assert (outside / "secret.txt").read_text() == "gateway secret" and not (outside / "new.txt").exists()
+    assert write_bytes(ws, "a/b/c.txt", b"ok") == "a/b/c.txt"
+    assert read_text(ws, "./a/b/c.txt", 100) == ("ok", False)

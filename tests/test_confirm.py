@@ -133,9 +133,11 @@ async def test_a_tool_that_breaks_costs_an_error_message_not_the_turn(
 ) -> None:
     from agent_core.agent.ports import TurnContext
 
-    fake_llm.enqueue(ToolCallReply("write_file", {"path": ".", "content": "x"}), "handled")
+    broken_workspace = tmp_path / "not-a-folder"
+    broken_workspace.write_text("x")  # the tool hits an OSError nobody planned for
+    fake_llm.enqueue(ToolCallReply("write_file", {"path": "a.txt", "content": "x"}), "handled")
     agent = SkillAgent(model, Library(), None, Runner())
-    answer, trace = await agent.answer([], ["write"], TurnContext(user_key="u", workspace=tmp_path))
+    answer, trace = await agent.answer([], ["write"], TurnContext(user_key="u", workspace=broken_workspace))
     assert answer.text == "handled" and "internal" in trace.errors[0]
     assert "ERROR" in fake_llm.chat_requests()[1].body["messages"][-1]["content"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent_core.agent.confirm import Confirmations
 from agent_core.agent.ports import ScriptRunner, SkillRun, SkillSource, TurnContext, TurnTrace
+from agent_core.agent.workspace_files import WorkspacePathError, read_text, write_bytes
 from agent_core.skills.model import Skill
 
 log = logging.getLogger(__name__)
@@ -198,38 +199,36 @@ class ToolBox:
             return f"ERROR: the script failed ({error or f'exit code {outcome.exit_code}'}).\n{outcome.stdout[:2000]}"
         return outcome.stdout
 
-    def _path(self, args: Mapping[str, Any]) -> Path:
+    def _target(self, args: Mapping[str, Any]) -> tuple[Path, str]:
         root = self._ctx.workspace
         if root is None:
             raise ToolError("this conversation has no workspace")
         raw = args.get("path")
         if not isinstance(raw, str) or not raw:
             raise ToolError("a path is required")
-        path = (root / raw).resolve()
-        if not path.is_relative_to(root.resolve()):
-            raise ToolError("paths must stay inside your workspace")
-        return path
+        return root, raw
 
     async def _read_file(self, args: Mapping[str, Any]) -> str:
-        path = self._path(args)
-        if not path.is_file():
-            raise ToolError("no such file in your workspace")
-        with path.open("rb") as fh:
-            data = fh.read(MAX_READ_BYTES + 1)
-        text = data[:MAX_READ_BYTES].decode("utf-8", errors="replace")
-        return text + ("\n[truncated]" if len(data) > MAX_READ_BYTES else "")
+        root, raw = self._target(args)
+        try:
+            text, longer = await asyncio.to_thread(read_text, root, raw, MAX_READ_BYTES)
+        except WorkspacePathError as exc:
+            raise ToolError(str(exc)) from None
+        return text + ("\n[truncated]" if longer else "")
 
     async def _write_file(self, args: Mapping[str, Any]) -> str:
-        path = self._path(args)
+        root, raw = self._target(args)
         content = args.get("content")
         if not isinstance(content, str):
             raise ToolError("content must be text")
         data = content.encode("utf-8")
         if len(data) > MAX_WRITE_BYTES:
             raise ToolError(f"file too large (limit {MAX_WRITE_BYTES} bytes)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return f"wrote {len(data)} bytes to {path.relative_to(self._ctx.workspace.resolve())}"  # type: ignore[union-attr]
+        try:
+            where = await asyncio.to_thread(write_bytes, root, raw, data)
+        except WorkspacePathError as exc:
+            raise ToolError(str(exc)) from None
+        return f"wrote {len(data)} bytes to {where}"
 
     async def _remember(self, args: Mapping[str, Any]) -> str:
         note = args.get("note")
