@@ -104,6 +104,9 @@ class AgentConfig(_Section):
     # secrets skills may receive: NAME -> environment variable holding the value (a skill gets one only if it
     # declares `secrets:NAME` and the user may run it)
     secrets_env: dict[str, str] = Field(default_factory=dict)
+    # which of those secrets each skill may receive: {skill name: [NAME, ...]}; unlisted skills get none,
+    # so a skill rewritten or installed later cannot claim a secret just by declaring it
+    skill_secrets: dict[str, list[str]] = Field(default_factory=dict)
     # skills that declare `network` get it only if this is true
     allow_network: bool = True
 

@@ -87,7 +87,9 @@ class SkillResponder:
         allow_network: bool,
         confirmations: Confirmations | None = None,
         learn: Callable[[str, str], None] | None = None,
+        secret_grants: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        self._secret_grants = {k: frozenset(v) for k, v in (secret_grants or {}).items()}
         self._learn = learn
         self._agent = agent
         self._confirmations = confirmations
@@ -124,6 +126,7 @@ class SkillResponder:
             workspace=workspace,
             on_progress=on_progress,
             granted_secrets=self._secrets,
+            secret_grants=self._secret_grants,
             network_allowed=self._allow_network,
             confirmed=confirmed,
         )

@@ -214,6 +214,7 @@ async def build_skill_responder(
         allow_network=cfg.allow_network,
         confirmations=confirmations,
         learn=lazy.learn,
+        secret_grants=cfg.skill_secrets,
     )
 
 

@@ -141,6 +141,12 @@ async def test_privileged_permissions_need_a_privileged_role_and_secrets_are_onl
         [], ["x"], TurnContext(user_key="u", roles=frozenset({"admin"}), granted_secrets=granted)
     )
     assert runner.calls[0]["secrets"] == {"TOKEN_A": "a"} and ok.runs[0].output_excerpt.strip() == '["TOKEN_A"]'
+    # with per-skill grants (what the runtime always passes) an unlisted skill gets nothing it declared
+    fake_llm.enqueue(call, "done")
+    grants = {"other": frozenset({"TOKEN_A"})}
+    ungranted = TurnContext(user_key="u", roles=frozenset({"admin"}), granted_secrets=granted, secret_grants=grants)
+    await agent.answer([], ["x"], ungranted)
+    assert runner.calls[1]["secrets"] == {}
 
 
 async def test_bounds_stop_the_loop_and_say_why(tmp_path: Path, fake_llm: FakeLLM, llm: LiteLLMClient) -> None:

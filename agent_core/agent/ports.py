@@ -65,6 +65,9 @@ class TurnContext:
     workspace: Path | None = None
     on_progress: OnProgress | None = None
     granted_secrets: Mapping[str, str] = field(default_factory=dict)
+    # which secrets each skill may receive (None: any declared secret from the pool; the runtime always
+    # passes the config's per-skill grants, so an unlisted skill gets none)
+    secret_grants: Mapping[str, frozenset[str]] | None = None
     network_allowed: bool = True
     # an action the user has just confirmed in chat (see agent/confirm.py): run before the model speaks
     confirmed: Any = None

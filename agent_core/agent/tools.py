@@ -144,7 +144,9 @@ class ToolBox:
         if privileged and not self._privileged_roles & self._ctx.roles:
             raise ToolError(f"skill {skill.meta.name!r} needs {', '.join(privileged)}, which your role does not allow")
         wanted = [p.split(":", 1)[1] for p in skill.meta.permissions if p.startswith("secrets:")]
-        return {k: self._ctx.granted_secrets[k] for k in wanted if k in self._ctx.granted_secrets}
+        grants = self._ctx.secret_grants
+        allowed = set(wanted) if grants is None else set(wanted) & set(grants.get(skill.meta.name, frozenset()))
+        return {k: self._ctx.granted_secrets[k] for k in wanted if k in allowed and k in self._ctx.granted_secrets}
 
     async def _run_skill(self, args: Mapping[str, Any]) -> str:
         skill = await self._skill(args)
