@@ -39,6 +39,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     remove = cmds.add_parser("remove", parents=[common], help="deactivate a skill (its history is kept)")
     remove.add_argument("name")
     remove.add_argument("--reason", default="")
+    audit = cmds.add_parser("audit", parents=[common], help="the newest skill runs: who, what, outcome")
+    audit.add_argument("--limit", type=int, default=30)
+    audit.add_argument("--skill", default="", help="only runs of this skill")
 
 
 def _author(args: argparse.Namespace) -> str:
@@ -153,11 +156,47 @@ def _dispatch(library: SkillLibrary, args: argparse.Namespace) -> int:
         skill = switch(args.name, args.version, author=_author(args), reason=args.reason)
         print(f"{args.name}: active version is now {skill.meta.version} ({skill.content_hash[:12]})")
         return 0
+    if cmd == "audit":
+        return _audit(args)
     if cmd == "remove":
         library.remove(args.name, author=_author(args), reason=args.reason)
         print(f"{args.name}: removed (history kept; `switchboard skills activate {args.name}` restores it)")
         return 0
     raise AssertionError(cmd)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Read the audit table straight from the database (read-only; works while the service runs)."""
+    import datetime
+    import sqlite3
+
+    from gateway.config import config_path, env_snapshot, load_settings
+
+    settings = load_settings(config_path(args.config, env_snapshot()))
+    path = settings.database_path
+    if not path.exists():
+        print("no database yet: no skill has run")
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        where, params = ("WHERE skill = ?", [args.skill]) if args.skill else ("", [])
+        rows = conn.execute(
+            "SELECT at, user_id, skill, version, ok, exit_code, duration, error, args FROM skill_runs"
+            f" {where} ORDER BY id DESC LIMIT ?",
+            [*params, max(1, args.limit)],
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        print(f"no audit log in {path}: {exc}")
+        return 0
+    finally:
+        conn.close()
+    if not rows:
+        print("no skill runs recorded")
+    for at, user, skill, version, ok, code, duration, error, run_args in rows:
+        when = datetime.datetime.fromtimestamp(at).isoformat(timespec="seconds")
+        outcome = "ok" if ok else f"FAILED ({error or f'exit {code}'})"
+        print(f"{when}  {user}  {skill}@{version}  {duration:.2f}s  {outcome}  args={run_args[:120]}")
+    return 0
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -106,3 +106,29 @@ def test_verify_by_name_and_by_path(config: Path, tmp_path: Path) -> None:
 def test_unknown_subcommand_usage(config: Path) -> None:
     code, out, _ = skills(config)
     assert code == 0 and "rollback" in out
+
+
+def test_audit_lists_skill_runs_from_the_database(config: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.config import load_settings
+    from gateway.store.migrations import MIGRATIONS
+    from gateway.store.sqlite_db import SqliteDatabase
+    from gateway.store.sqlite_traces import SqliteTraceStore
+
+    code, out, _ = skills(config, "audit")
+    assert code == 0 and ("no database yet" in out or "no skill runs" in out)
+
+    async def record() -> None:
+        db = SqliteDatabase(load_settings(config).database_path)
+        await db.open(MIGRATIONS)
+        run = {"skill": "http-health-check", "version": "abc123", "args": '{"endpoints": []}', "exit_code": 1}
+        trace = {"runs": [{**run, "ok": False, "duration": 0.5, "error": "boom"}]}
+        await SqliteTraceStore(db).record(
+            at=1.7e9, session_key="k", user_id="chatapp:b:alice", inbound_ids=[1], trace=trace
+        )
+        await db.close()
+
+    asyncio.run(record())
+    code, out, _ = skills(config, "audit", "--skill", "http-health-check")
+    assert code == 0 and "chatapp:b:alice  http-health-check@abc123" in out and "FAILED (boom)" in out
