@@ -109,6 +109,9 @@ class AgentConfig(_Section):
     skill_secrets: dict[str, list[str]] = Field(default_factory=dict)
     # skills that declare `network` get it only if this is true
     allow_network: bool = True
+    # the weakest sandbox skills may run in: "rlimits" (anything, with a loud warning), "unshare" (network and
+    # process isolation) or "bwrap" (filesystem too); below it, skill scripts are refused (chat still works)
+    min_isolation: Literal["rlimits", "unshare", "bwrap"] = "rlimits"
 
 
 class LoggingConfig(_Section):

@@ -64,7 +64,14 @@ class LibrarySource:
 class SandboxScripts:
     """agent_core.agent.ports.ScriptRunner: a skill's script in the sandbox, as `python scripts/<name>`."""
 
-    def __init__(self, runner: SandboxRunner, envs: SkillEnvCache | None = None, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        runner: SandboxRunner,
+        envs: SkillEnvCache | None = None,
+        python: str = sys.executable,
+        refuse: str = "",
+    ) -> None:
+        self._refuse = refuse  # why scripts may not run on this host ("" = they may)
         self._runner = runner
         self._envs = envs
         self._python = python
@@ -79,6 +86,8 @@ class SandboxScripts:
     async def __call__(
         self, *, user_key: str, skill: Skill, script: str, args_json: str, secrets: Mapping[str, str], network: bool
     ) -> ScriptOutcome:
+        if self._refuse:
+            return ScriptOutcome(None, "", self._refuse, 0.0, killed_reason="isolation")
         try:
             python = await self._interpreter(skill)
         except Exception as exc:  # e.g. no package index reachable: say so instead of running without them
@@ -189,11 +198,12 @@ async def build_skill_responder(
     source = LibrarySource(library)
     spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop, source.invalidate), "skill-router")
     envs = SkillEnvCache(data / "skill_envs")
+    refuse = _isolation_refusal(sandbox, cfg.min_isolation)
     agent = SkillAgent(
         llm,
         source,
         lazy,
-        SandboxScripts(sandbox, envs),
+        SandboxScripts(sandbox, envs, refuse=refuse),
         system_prompt=settings.llm.system_prompt,
         limits=AgentLimits(
             max_steps=cfg.max_steps,
@@ -216,6 +226,18 @@ async def build_skill_responder(
         learn=lazy.learn,
         secret_grants=cfg.skill_secrets,
     )
+
+
+def _isolation_refusal(sandbox: SandboxRunner, minimum: str) -> str:
+    """Why skill scripts must not run here ("" when the host's sandbox meets `agent.min_isolation`)."""
+    from agent_core.sandbox.isolation import IsolationLevel
+
+    have, need = sandbox.isolation.level, IsolationLevel[minimum.upper()]
+    if have >= need:
+        return ""
+    reason = f"skill scripts are disabled: this host's sandbox is {have.name.lower()}, config requires {minimum}"
+    log.error("%s (install bubblewrap or lower agent.min_isolation)", reason)
+    return reason
 
 
 class SandboxTestRunner:

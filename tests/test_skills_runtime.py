@@ -41,3 +41,19 @@ async def test_a_skill_whose_requirements_cannot_be_installed_reports_it_instead
     out = await scripts(user_key="u", skill=broken, script="main.py", args_json="{}", secrets={}, network=False)
     assert out.exit_code is None and out.killed_reason == "environment"
     assert "could not prepare the skill's Python environment" in out.stderr
+
+
+async def test_scripts_are_refused_below_the_required_isolation(tmp_path: Path) -> None:
+    from agent_core.sandbox.isolation import IsolationLevel
+    from gateway.skills_runtime import _isolation_refusal
+
+    runner = SandboxRunner(tmp_path / "ws")
+    weakest = SandboxRunner(tmp_path / "ws2", isolation=runner.isolation.at(IsolationLevel.RLIMITS))
+    assert _isolation_refusal(weakest, "rlimits") == ""
+    reason = _isolation_refusal(weakest, "bwrap")
+    assert "disabled" in reason and "rlimits" in reason
+    scripts = SandboxScripts(weakest, refuse=reason)
+    out = await scripts(
+        user_key="u", skill=skill(tmp_path), script="main.py", args_json="{}", secrets={}, network=False
+    )
+    assert out.exit_code is None and out.killed_reason == "isolation" and "config requires bwrap" in out.stderr
