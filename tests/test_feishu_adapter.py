@@ -219,6 +219,7 @@ async def test_images_and_files_are_downloaded_into_the_attachment_store_with_a_
         photo = b"\x89PNG" + bytes(range(256)) * 4096  # ~1 MB: arrives in many chunks
         api.add_resource(image_id, "img_small", photo, kind="image", content_type="image/png")
         api.add_resource(big_id, "file_big", b"x" * 3_000_000, kind="file", content_type="application/octet-stream")
+        api.fail_next("/resources/img_small", http_status=503)  # a blip: the download is retried
         ws.push(APP_ID, image)
         ws.push(APP_ID, big)
         await settled(api, 2)
@@ -230,6 +231,7 @@ async def test_images_and_files_are_downloaded_into_the_attachment_store_with_a_
         saved = await store.find(f"feishu:main:{image_id}:img_small")
         assert saved is not None and saved.read_bytes() == photo
         assert await store.find(f"feishu:main:{big_id}:file_big") is None  # over the cap: not stored
+        assert [r.status for r in api.requests_to("/resources/img_small")] == [503, 200]
     assert "[image attachment" in fake_llm.chat_requests()[0].messages[-1]["content"]
 
 

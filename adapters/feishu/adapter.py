@@ -36,6 +36,7 @@ from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMes
 log = logging.getLogger(__name__)
 
 ROUTE = "/webhooks/feishu/{bot_id}"
+DOWNLOAD_RETRY_PAUSES = (1.0, 5.0, 30.0, 0.0)  # seconds before attempts 2, 3, 4 (the last entry is unused)
 CARD_TEXT_LIMIT_BYTES = 14_000  # a card carries <= 30 KB of JSON; escaping can double text (quotes, backslashes)
 
 
@@ -198,17 +199,31 @@ class FeishuAdapter:
             if not message_id or not key:
                 continue
             kind = "image" if att.kind == "image" else "file"
-            try:
-                data, _, too_large = await self._apis[bot_id].download(
-                    f"/open-apis/im/v1/messages/{message_id}/resources/{key}?type={kind}", limit
-                )
-            except Exception as exc:
-                log.warning("feishu attachment %s not downloaded: %s", att.ref, exc)
+            path = f"/open-apis/im/v1/messages/{message_id}/resources/{key}?type={kind}"
+            fetched = await self._fetch_with_retries(bot_id, path, limit, att.ref)
+            if fetched is None:
                 continue
+            data, too_large = fetched
             if too_large:
                 log.warning("feishu attachment %s is larger than %d bytes; not stored", att.ref, limit)
                 continue
             await host.attachments.save(f"{PLATFORM}:{bot_id}:{att.ref}", data)
+
+    async def _fetch_with_retries(self, bot_id: str, path: str, limit: int, ref: str) -> tuple[bytes, bool] | None:
+        """A resource download, retried on transient trouble (redeliveries are duplicates: no second chance)."""
+        for attempt, pause in enumerate(DOWNLOAD_RETRY_PAUSES, 1):
+            try:
+                data, _, too_large = await self._apis[bot_id].download(path, limit)
+                return data, too_large
+            except TransientSendError as exc:
+                if attempt == len(DOWNLOAD_RETRY_PAUSES):
+                    log.warning("feishu attachment %s not downloaded after %d attempts: %s", ref, attempt, exc)
+                    return None
+                await asyncio.sleep(pause)
+            except Exception as exc:
+                log.warning("feishu attachment %s not downloaded: %s", ref, exc)
+                return None
+        return None
 
     async def _handle_callback(self, request: web.Request) -> web.Response:
         bot_id = request.match_info["bot_id"]
