@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -91,3 +91,15 @@ class AccessTokenCache:
             log.info("access token rejected by the platform; fetching a new one")
             self._value = ""
             self._refresh_at = 0.0
+
+
+async def probe_tokens(caches: Mapping[str, AccessTokenCache]) -> dict[str, str]:
+    """Fetch every bot's token once (doctor): bot id → "" when the platform accepted it, else the reason."""
+    out: dict[str, str] = {}
+    for bot_id, cache in caches.items():
+        try:
+            await cache.get()
+            out[bot_id] = ""
+        except Exception as exc:
+            out[bot_id] = str(exc)
+    return out

@@ -99,6 +99,8 @@ class OutboxSender:
         return [item for item in items if item.outbox_id not in stale]
 
     def _free_slots(self) -> int:
+        """How many lane heads to fetch: one per free slot, plus one per busy lane, whose head is skipped
+        (so busy lanes can never crowd idle ones out of a fetch)."""
         return self._settings.max_in_flight + len(self._in_flight)
 
     def _start_due(self, items: list[OutboxItem]) -> int:

@@ -41,11 +41,12 @@ async def test_a_question_is_routed_to_a_seed_skill_run_in_the_sandbox_and_answe
             "Your endpoint is up.",
         )
         async with runtime_factory() as rt:
-            for _ in range(200):  # the router index is built in the background at start
-                if rt.responder.target.__class__.__name__ == "SkillResponder":
+            finder = rt.responder.target._agent._finder  # type: ignore[attr-defined]
+            for _ in range(600):  # the router index is built in the background at start
+                if finder.router is not None:
                     break
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)
+            assert finder.router is not None, "skill router never became ready"
             await post(rt, make_payload("h1", "c1", "ops-alice", "is our health endpoint up? 检查服务状态"))
             [delivery] = await receiver.async_wait_visible(1, seconds=30)
             runs = await rt.traces.skill_runs()

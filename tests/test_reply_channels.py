@@ -13,7 +13,7 @@ import adapters.webhook as webhook
 from adapters.base import ReplyStream, SendReceipt
 from gateway.app import Runtime
 from gateway.errors import AwaitingRecipient
-from gateway.messages import ChatKind, MarkdownPart, OutboundMessage, Target, TextPart
+from gateway.messages import ChatKind, OutboundMessage, Target, TextPart
 from gateway.metrics import Metrics
 from gateway.replies import ReplyChannels
 from gateway.sender import OutboxSender, SenderSettings
@@ -206,4 +206,3 @@ def test_channels_refuse_pieces_that_share_a_key() -> None:
     assert channels.prepare(reply) == [reply]
     assert channels.open_stream(reply.target, "k") is None
     assert ReplyChannels({}).prepare(reply) == [reply]
-    assert MarkdownPart(text="x").type == "markdown"

@@ -29,6 +29,7 @@ from adapters.feishu.config import FeishuConfig, FeishuSecrets
 from adapters.feishu.convert import PLATFORM, should_answer, split_reply_ref, to_inbound
 from adapters.feishu.ws import FeishuWsConnection, FeishuWsSettings
 from adapters.httpio import read_bounded
+from adapters.tokens import probe_tokens
 from adapters.wxcommon.text import shape_text
 from gateway.errors import PermanentSendError, RateLimited, TransientSendError
 from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMessage, Target
@@ -141,14 +142,7 @@ class FeishuAdapter:
     async def check_credentials(self, http: aiohttp.ClientSession) -> dict[str, str]:
         """Fetch each app's tenant token (doctor) without starting anything."""
         self._probe_http = http
-        out: dict[str, str] = {}
-        for bot_id, api in self._apis.items():
-            try:
-                await api.tokens.get()
-                out[bot_id] = ""
-            except Exception as exc:
-                out[bot_id] = str(exc)
-        return out
+        return await probe_tokens({bot_id: c.tokens for bot_id, c in self._apis.items()})
 
     # -- inbound ---------------------------------------------------------------------------------
     def _receiver(self, bot_id: str) -> Callable[[bytes], Any]:

@@ -22,7 +22,7 @@ from wechatpy.crypto import WeChatCrypto
 
 from adapters.base import AdapterHost, ReplyStream, SendReceipt
 from adapters.httpio import read_bounded
-from adapters.tokens import AccessTokenCache, IssuedToken, TokenFetcher
+from adapters.tokens import AccessTokenCache, IssuedToken, TokenFetcher, probe_tokens
 from adapters.wechat.config import CallbackMode, WeChatConfig, WeChatSecrets
 from adapters.wechat.errors import map_error
 from adapters.wechat.window import DeliveryCounter, PassiveWindow, Slot
@@ -116,14 +116,7 @@ class WeChatAdapter:
     async def check_credentials(self, http: aiohttp.ClientSession) -> dict[str, str]:
         """Fetch each account's token (doctor): bot id → "" when fine, else the reason."""
         self._probe_http = http  # no start(): a diagnostic must not open connections or mount routes
-        out: dict[str, str] = {}
-        for bot_id, client in self._clients.items():
-            try:
-                await client.tokens.get()
-                out[bot_id] = ""
-            except Exception as exc:
-                out[bot_id] = str(exc)
-        return out
+        return await probe_tokens({bot_id: c.tokens for bot_id, c in self._clients.items()})
 
     # -- inbound ---------------------------------------------------------------------------------
     async def _handle_verify(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import aiohttp
 
 from adapters.base import AdapterHost, ReplyStream, SendReceipt
+from adapters.tokens import probe_tokens
 from adapters.wecom.aibot import AIBotConnection
 from adapters.wecom.aibot_wire import AIBotSettings
 from adapters.wecom.app import PLATFORM, ROUTE, WeComApps
@@ -117,14 +118,7 @@ class WeComAdapter:
     async def check_credentials(self, http: aiohttp.ClientSession) -> dict[str, str]:
         """Fetch each app's token (doctor); AI bots report their connection state instead."""
         self._probe_http = http  # no start(): a diagnostic must not open connections or mount routes
-        out: dict[str, str] = {}
-        for bot_id, client in self._apps.clients.items():
-            try:
-                await client.tokens.get()
-                out[bot_id] = ""
-            except Exception as exc:
-                out[bot_id] = str(exc)
-        return out
+        return await probe_tokens({bot_id: c.tokens for bot_id, c in self._apps.clients.items()})
 
 
 def _pieces(
