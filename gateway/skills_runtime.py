@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_core.agent.ports import ScriptOutcome
 from agent_core.llm import LLMClient
@@ -21,6 +21,9 @@ from agent_core.sandbox.envs import SkillEnvCache
 from agent_core.sandbox.runner import SandboxRunner
 from agent_core.skills.library import SkillLibrary
 from agent_core.skills.model import Skill
+
+if TYPE_CHECKING:  # the router pulls in numpy and jieba: imported when the agent starts, not at CLI start
+    from agent_core.router import SkillRouter
 from gateway.config import Settings
 from gateway.responders import SkillResponder
 
@@ -132,6 +135,16 @@ class LazyRouter:
             self.router.learn(name, query)
 
 
+def sync_router(library: SkillLibrary, router: SkillRouter) -> None:
+    """Make the router index exactly the library's active skills (new, changed and removed ones)."""
+    cards = library.cards()
+    router.upsert(cards)
+    known = {c.name for c in cards}
+    stale = [n for n in router.names() if n not in known]
+    if stale:
+        router.remove(stale)
+
+
 async def keep_router_current(
     library: SkillLibrary, lazy: LazyRouter, db_path: Path, stop: asyncio.Event, on_change: Callable[[], None]
 ) -> None:
@@ -139,20 +152,12 @@ async def keep_router_current(
     from agent_core.router import SkillRouter
     from agent_core.skills.seeds import ensure_seeds
 
-    def build() -> tuple[Any, int]:
+    def build() -> tuple[SkillRouter, int]:
         ensure_seeds(library)
         router = SkillRouter(db_path)
         revision = library.revision()
-        sync(router)
+        sync_router(library, router)
         return router, revision
-
-    def sync(router: Any) -> None:
-        cards = library.cards()
-        router.upsert(cards)
-        known = {c.name for c in cards}
-        stale = [n for n in router_names(router) if n not in known]
-        if stale:
-            router.remove(stale)
 
     try:
         router, revision = await asyncio.to_thread(build)
@@ -169,17 +174,11 @@ async def keep_router_current(
             except TimeoutError:
                 current = await asyncio.to_thread(library.revision)
                 if current != revision:
-                    await asyncio.to_thread(sync, router)
+                    await asyncio.to_thread(sync_router, library, router)
                     on_change()
                     revision = current
     finally:
         await asyncio.to_thread(router.close)
-
-
-def router_names(router: Any) -> list[str]:
-    """Names in the router's index (for removing skills the library no longer has)."""
-    names = getattr(router, "names", None)
-    return list(names()) if callable(names) else []
 
 
 async def build_skill_responder(

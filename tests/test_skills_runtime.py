@@ -57,3 +57,20 @@ async def test_scripts_are_refused_below_the_required_isolation(tmp_path: Path) 
         user_key="u", skill=skill(tmp_path), script="main.py", args_json="{}", secrets={}, network=False
     )
     assert out.exit_code is None and out.killed_reason == "isolation" and "config requires bwrap" in out.stderr
+
+
+def test_the_router_index_follows_removals_from_the_library(tmp_path: Path) -> None:
+    from agent_core.router import SkillRouter
+    from agent_core.skills.library import SkillLibrary
+    from agent_core.skills.seeds import ensure_seeds
+    from gateway.skills_runtime import sync_router
+
+    library = SkillLibrary(tmp_path / "skills")
+    ensure_seeds(library)
+    with SkillRouter(tmp_path / "router.sqlite3", embedder=None) as router:
+        sync_router(library, router)
+        assert "http-health-check" in router.names()
+        library.remove("http-health-check", author="test", reason="retired")
+        sync_router(library, router)
+        assert "http-health-check" not in router.names()
+        assert all(hit.name != "http-health-check" for hit in router.route("is the health endpoint up?", 4))

@@ -142,6 +142,11 @@ class SkillRouter:
             self._snap = self._chars = None
         return len(changed)
 
+    def names(self) -> list[str]:
+        """Every indexed skill (to drop the ones the library no longer has)."""
+        with self._lock:
+            return list(self._entries)
+
     def remove(self, names: Iterable[str]) -> int:
         """Forget skills (and their learned examples); returns how many existed."""
         with self._lock:
