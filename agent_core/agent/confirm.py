@@ -36,7 +36,7 @@ class Confirmations:
     """Parked actions per user (in memory: a restart expires them, which is the safe direction)."""
 
     def __init__(self, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl
+        self.ttl = ttl
         self._clock = clock
         self._pending: dict[str, dict[str, PendingAction]] = {}
         self._lock = threading.Lock()
@@ -45,7 +45,7 @@ class Confirmations:
         """Remember an action and return it with its code."""
         with self._lock:
             self._prune(user_key)
-            expires = self._clock() + self._ttl
+            expires = self._clock() + self.ttl
             action = PendingAction(secrets.token_hex(3), skill, script, args_json, expires, content_hash)
             actions = self._pending.setdefault(user_key, {})
             while len(actions) >= MAX_PENDING_PER_USER:  # the oldest goes: a model cannot park without bound

@@ -126,10 +126,13 @@ class ToolBox:
         skill = await asyncio.to_thread(self._skills.get, name)  # the library reads its index from disk
         if skill is None:
             raise ToolError(f"no skill named {name!r}")
+        self._check_audience(skill)
+        return skill
+
+    def _check_audience(self, skill: Skill) -> None:
         audience = set(skill.meta.audience)
         if audience and not audience & self._ctx.roles:
-            raise ToolError(f"skill {name!r} is only for: {', '.join(sorted(audience))}")
-        return skill
+            raise ToolError(f"skill {skill.meta.name!r} is only for: {', '.join(sorted(audience))}")
 
     async def _open_skill(self, args: Mapping[str, Any]) -> str:
         skill = await self._skill(args)
@@ -166,15 +169,13 @@ class ToolBox:
             return (
                 f"CONFIRMATION REQUIRED: {skill.meta.name} changes things. Nothing was run. Tell the user exactly what "
                 f"will happen and ask them to reply `confirm {action.code}` within "
-                f"{int(action.expires_at - time.monotonic()) // 60 or 1} minutes."
+                f"{max(1, int(self._confirmations.ttl // 60))} minutes."
             )
         return await self.execute(skill, script, payload)
 
     async def execute(self, skill: Skill, script: str, payload: str) -> str:
         """Run a script; audience and permissions are checked again (a confirmed action too)."""
-        audience = set(skill.meta.audience)
-        if audience and not audience & self._ctx.roles:
-            raise ToolError(f"skill {skill.meta.name!r} is only for: {', '.join(sorted(audience))}")
+        self._check_audience(skill)
         secrets = self._check_permissions(skill)
         network = "network" in skill.meta.permissions and self._ctx.network_allowed
         if self._ctx.on_progress is not None:
