@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the router pulls in numpy and jieba: imported when the agen
     from agent_core.router import SkillRouter
 from gateway.config import Settings
 from gateway.responders import SkillResponder
+from sessions.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,14 @@ async def keep_router_current(
 
 
 async def build_skill_responder(
-    settings: Settings, env: Mapping[str, str], llm: LLMClient, spawn: Spawn, stop: asyncio.Event
+    settings: Settings,
+    env: Mapping[str, str],
+    llm: LLMClient,
+    spawn: Spawn,
+    stop: asyncio.Event,
+    memory: MemoryStore | None = None,
 ) -> SkillResponder:
-    """The skill agent with its library, router (built in the background) and sandbox."""
+    """The skill agent with its library, router (built in the background), sandbox and the users' memory."""
     from agent_core.agent.confirm import Confirmations
     from agent_core.agent.react import AgentLimits, SkillAgent
 
@@ -212,6 +218,7 @@ async def build_skill_responder(
         ),
         privileged_roles=frozenset(cfg.privileged_roles),
         confirmations=confirmations,
+        memory=memory,
     )
     secrets = {name: env[var] for name, var in cfg.secrets_env.items() if env.get(var)}
     log.info("skill agent ready: sandbox %s", sandbox.describe())

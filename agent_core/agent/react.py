@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent_core.agent.confirm import Confirmations, PendingAction
+from agent_core.agent.memory import MemoryPort, load_memory_section
 from agent_core.agent.ports import RouteHit, ScriptRunner, SkillFinder, SkillSource, TurnContext, TurnTrace
 from agent_core.agent.tools import TOOL_DEFINITIONS, ToolBox, ToolError
 from agent_core.chat import DEFAULT_SYSTEM_PROMPT, ChatAnswer, OnDelta
@@ -54,8 +55,10 @@ class SkillAgent:
         limits: AgentLimits | None = None,
         privileged_roles: frozenset[str] = frozenset({"admin"}),
         confirmations: Confirmations | None = None,
+        memory: MemoryPort | None = None,
     ) -> None:
         self._confirmations = confirmations
+        self._memory = memory
         self._llm = llm
         self._skills = skills
         self._finder = finder
@@ -87,9 +90,10 @@ class SkillAgent:
             log.exception("skill routing failed; answering without skills")
             return [], []
 
-    def _system(self, lines: Sequence[str]) -> str:
+    def _system(self, lines: Sequence[str], notes: str = "") -> str:
         listing = "\n".join(lines) if lines else "(no skill matched this request)"
-        return f"{self._system_prompt}\n\n{SKILL_GUIDE}\n\nSkills:\n{listing}"
+        memory = f"\n\n{notes}" if notes else ""
+        return f"{self._system_prompt}\n\n{SKILL_GUIDE}\n\nSkills:\n{listing}{memory}"
 
     async def answer(
         self,
@@ -102,9 +106,11 @@ class SkillAgent:
         started = time.monotonic()
         query = "\n\n".join(user_texts)
         trace = TurnTrace(query=query)
-        trace.offered, lines = await self._offer(query)
+        (trace.offered, lines), notes = await asyncio.gather(
+            self._offer(query), load_memory_section(self._memory, ctx.user_key, trace.errors)
+        )
         messages = [
-            ChatMessage(role="system", content=self._system(lines)),
+            ChatMessage(role="system", content=self._system(lines, notes)),
             *history,
             ChatMessage(role="user", content=query),
         ]
@@ -115,6 +121,7 @@ class SkillAgent:
             trace,
             privileged_roles=self._privileged_roles,
             confirmations=self._confirmations,
+            memory=self._memory,
         )
         try:
             if isinstance(ctx.confirmed, PendingAction):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_core.agent.confirm import Confirmations
+from agent_core.agent.memory import MemoryPort
 from agent_core.agent.ports import ScriptRunner, SkillRun, SkillSource, TurnContext, TurnTrace
 from agent_core.agent.workspace_files import WorkspacePathError, read_text, write_bytes
 from agent_core.skills.model import Skill
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_READ_BYTES = 64 * 1024
 MAX_WRITE_BYTES = 1024 * 1024
 MAX_TOOL_RESULT_CHARS = 8000  # what goes back into the prompt from one call
+MAX_NOTE_CHARS = 500
 PRIVILEGED = ("shell", "fs-write", "secrets:")
 
 
@@ -55,9 +57,15 @@ TOOL_DEFINITIONS: list[dict[str, Any]] = [
     ),
     _fn(
         "remember",
-        "Save a short note about this user for future conversations.",
+        "Save a short note about this user for future conversations (what they asked you to remember).",
         {"note": {"type": "string"}},
         ["note"],
+    ),
+    _fn(
+        "forget_memory",
+        "Delete one of the user's remembered notes, by the id shown next to it, when the user asks to forget it.",
+        {"id": {"type": "integer"}},
+        ["id"],
     ),
 ]
 
@@ -86,8 +94,10 @@ class ToolBox:
         *,
         privileged_roles: frozenset[str] = frozenset({"admin"}),
         confirmations: Confirmations | None = None,
+        memory: MemoryPort | None = None,
     ) -> None:
         self._confirmations = confirmations
+        self._memory = memory
         self._skills = skills
         self._run_script = run_script
         self._ctx = ctx
@@ -106,6 +116,7 @@ class ToolBox:
                 "read_file": self._read_file,
                 "write_file": self._write_file,
                 "remember": self._remember,
+                "forget_memory": self._forget_memory,
             }.get(name)
             if handler is None:
                 raise ToolError(f"unknown tool {name!r}")
@@ -237,5 +248,20 @@ class ToolBox:
         note = args.get("note")
         if not isinstance(note, str) or not note.strip():
             raise ToolError("a note is required")
-        self._trace.memory_notes.append(note.strip()[:500])
-        return "noted"
+        self._trace.memory_notes.append(note.strip()[:MAX_NOTE_CHARS])
+        if self._memory is None:
+            return "noted"
+        stored = await self._memory.add(self._ctx.user_key, note, now=time.time())
+        return "already remembered" if stored is None else f"noted (id {stored.id})"
+
+    async def _forget_memory(self, args: Mapping[str, Any]) -> str:
+        raw = args.get("id")
+        if isinstance(raw, str) and raw.strip().isdigit():  # models sometimes quote numbers
+            raw = int(raw)
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ToolError("id must be the number shown next to the note")
+        if self._memory is None:
+            raise ToolError("there is no memory in this conversation")
+        if not await self._memory.forget(self._ctx.user_key, raw):
+            raise ToolError(f"this user has no note with id {raw}")
+        return f"forgotten (id {raw})"

@@ -141,6 +141,26 @@ def m006_traces(conn: sqlite3.Connection) -> None:
     )
 
 
+def m007_memory(conn: sqlite3.Connection) -> None:
+    """Per-user memory notes. `norm` (the dedupe form) is unique per user so a re-saved fact is a no-op;
+    AUTOINCREMENT because ids are shown to the model and must never come back as another note's."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE user_memory (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_key TEXT NOT NULL,
+            text TEXT NOT NULL,
+            norm TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            source TEXT NOT NULL DEFAULT 'remember',
+            UNIQUE (user_key, norm)
+        );
+        CREATE INDEX user_memory_by_user ON user_memory (user_key, id);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("001_journal", m001_journal),
     ("002_outbox", m002_outbox),
@@ -148,4 +168,5 @@ MIGRATIONS: list[Migration] = [
     ("004_health", m004_health),
     ("005_adapter_state", m005_adapter_state),
     ("006_traces", m006_traces),
+    ("007_memory", m007_memory),
 ]
