@@ -72,6 +72,42 @@ async def test_same_message_concurrently_yields_one_row(db: SqliteDatabase) -> N
     assert sum(not r.duplicate for r in results) == 1
 
 
+async def test_one_batch_mixing_new_redelivered_and_answered_messages(db: SqliteDatabase) -> None:
+    journal = SqliteJournal(db)
+    old, answered = inbound("old"), inbound("answered")
+    first_old = await journal.append(old, session_key_for(old))
+    first_answered = await journal.append(answered, session_key_for(answered))
+
+    def answer(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE inbound SET status = 'done' WHERE id = ?", (first_answered.inbound_id,))
+
+    await db.write(answer)
+    news = [inbound(f"new{i}") for i in range(6)]
+    batch = [news[0], old, news[1], news[1], answered, *news[2:], old]
+    results = await asyncio.gather(*(journal.append(m, session_key_for(m)) for m in batch))
+    assert [r.duplicate for r in results] == [False, True, False, True, True, False, False, False, False, True]
+    assert results[1].inbound_id == results[-1].inbound_id == first_old.inbound_id
+    assert results[1].pending and not results[4].pending  # an answered message must not be queued again
+    assert results[4].inbound_id == first_answered.inbound_id
+    assert results[2].inbound_id == results[3].inbound_id and results[3].pending
+    assert len({r.inbound_id for r in results}) == 8
+    assert len(await journal.pending()) == 7  # old + six new
+
+
+async def test_batch_op_answering_the_wrong_number_of_results_fails_only_its_callers(db: SqliteDatabase) -> None:
+    def sloppy(conn: sqlite3.Connection, items: list[int]) -> list[int]:
+        return items[:1]
+
+    def fine(conn: sqlite3.Connection) -> int:
+        return 7
+
+    sloppy_calls = [asyncio.ensure_future(db.write_many(sloppy, i)) for i in range(3)]
+    ok = asyncio.ensure_future(db.write(fine))
+    # Alone (the fallback after the batch failed) each item gets its one result.
+    assert await asyncio.gather(*sloppy_calls) == [0, 1, 2]
+    assert await ok == 7
+
+
 async def test_failing_write_does_not_poison_its_batch(db: SqliteDatabase) -> None:
     journal = SqliteJournal(db)
 

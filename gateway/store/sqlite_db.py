@@ -26,6 +26,7 @@ from gateway.errors import StorageError
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+BatchOp = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 Migration = tuple[str, Callable[[sqlite3.Connection], None]]
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,16 @@ _STOP = object()
 
 @dataclass
 class _Pending:
-    op: Op
+    op: Op | None
     future: asyncio.Future[Any]
+    batch_op: BatchOp | None = None
+    item: Any = None
+
+    def run_alone(self, conn: sqlite3.Connection) -> Any:
+        if self.batch_op is not None:
+            return self.batch_op(conn, [self.item])[0]
+        assert self.op is not None
+        return self.op(conn)
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -89,6 +98,19 @@ class SqliteDatabase:
         loop = self._require_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Pending(op, fut))
+        return await fut
+
+    async def write_many(self, batch_op: BatchOp, item: Any) -> Any:
+        """Like `write`, but the items queued together for the same `batch_op` run in one call.
+
+        `batch_op(conn, items)` returns one result per item, in order. A burst of journal appends then
+        costs one INSERT statement instead of one per message: each statement is a round trip through
+        the GIL for the writer thread, and while the event loop is busy every such round trip waits for
+        the loop to let go of it, which is what made commits slow under load, not the disk.
+        """
+        loop = self._require_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Pending(None, fut, batch_op, item))
         return await fut
 
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -163,7 +185,7 @@ class SqliteDatabase:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [p.op(conn) for p in batch]
+            results = _run_grouped(conn, batch)
             conn.execute("COMMIT")
             outcomes = [(p.future, True, r) for p, r in zip(batch, results, strict=True)]
         except Exception:
@@ -179,12 +201,33 @@ class SqliteDatabase:
     def _commit_one(conn: sqlite3.Connection, pending: _Pending) -> tuple[asyncio.Future[Any], bool, Any]:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            result = pending.op(conn)
+            result = pending.run_alone(conn)
             conn.execute("COMMIT")
             return (pending.future, True, result)
         except Exception as exc:  # handed to the awaiting caller, not swallowed
             _rollback(conn)
             return (pending.future, False, exc)
+
+
+def _run_grouped(conn: sqlite3.Connection, batch: list[_Pending]) -> list[Any]:
+    """Run a batch in order; consecutive items of the same batch op go through it in one call."""
+    results: list[Any] = []
+    i = 0
+    while i < len(batch):
+        head = batch[i]
+        if head.batch_op is None:
+            results.append(head.run_alone(conn))
+            i += 1
+            continue
+        j = i
+        while j < len(batch) and batch[j].batch_op is head.batch_op:
+            j += 1
+        out = head.batch_op(conn, [p.item for p in batch[i:j]])
+        if len(out) != j - i:
+            raise RuntimeError(f"batch op returned {len(out)} results for {j - i} items")
+        results.extend(out)
+        i = j
+    return results
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

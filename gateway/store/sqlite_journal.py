@@ -37,25 +37,9 @@ class SqliteJournal:
 
     async def append(self, msg: InboundMessage, key: SessionKey) -> AppendResult:
         """Durably record `msg`; a second delivery of the same message returns the first id."""
-        payload = msg.model_dump_json()
-        key_text = _key_to_text(key)
-        received = msg.received_at.timestamp()
-
-        def op(conn: sqlite3.Connection) -> AppendResult:
-            row = conn.execute(
-                "INSERT INTO inbound (platform, bot_id, platform_msg_id, session_key, payload, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                (msg.platform, msg.bot_id, msg.platform_msg_id, key_text, payload, received),
-            ).fetchone()
-            if row is not None:
-                return AppendResult(inbound_id=row[0], duplicate=False)
-            existing = conn.execute(
-                "SELECT id, status FROM inbound WHERE platform = ? AND bot_id = ? AND platform_msg_id = ?",
-                (msg.platform, msg.bot_id, msg.platform_msg_id),
-            ).fetchone()
-            return AppendResult(inbound_id=existing[0], duplicate=True, pending=existing[1] == "pending")
-
-        return await self._db.write(op)
+        row = (msg.platform, msg.bot_id, msg.platform_msg_id, _key_to_text(key), msg.model_dump_json())
+        result: AppendResult = await self._db.write_many(_append_rows, (*row, msg.received_at.timestamp()))
+        return result
 
     async def pending(self) -> list[JournalEntry]:
         """Messages whose turn has not completed, oldest first (resumed at start)."""
@@ -116,6 +100,58 @@ class SqliteJournal:
             return int(conn.execute("SELECT count(*) FROM inbound WHERE status = 'pending'").fetchone()[0])
 
         return await self._db.read(op)
+
+
+_COLUMNS = "(platform, bot_id, platform_msg_id, session_key, payload, received_at)"
+_Row = tuple[str, str, str, str, str, float]
+_MAX_ROWS_PER_STATEMENT = 500  # 6 parameters each: far below SQLite's variable limit
+
+
+def _append_rows(conn: sqlite3.Connection, rows: list[_Row]) -> list[AppendResult]:
+    """Journal a group-commit batch of messages with one INSERT (plus one SELECT for redeliveries).
+
+    A message delivered twice within the same batch is new for its first row and a duplicate for
+    the others, exactly as if they had been committed one after the other.
+    """
+    results: list[AppendResult] = []
+    for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
+        results += _append_chunk(conn, rows[start : start + _MAX_ROWS_PER_STATEMENT])
+    return results
+
+
+def _append_chunk(conn: sqlite3.Connection, rows: list[_Row]) -> list[AppendResult]:
+    values = ",".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
+    inserted = {
+        (p, b, m): i
+        for i, p, b, m in conn.execute(
+            f"INSERT INTO inbound {_COLUMNS} VALUES {values}"
+            " ON CONFLICT DO NOTHING RETURNING id, platform, bot_id, platform_msg_id",
+            [v for row in rows for v in row],
+        )
+    }
+    earlier = [row[:3] for row in rows if row[:3] not in inserted]
+    existing: dict[tuple[str, str, str], tuple[int, str]] = {}
+    if earlier:
+        keys = ",".join(["(?, ?, ?)"] * len(earlier))
+        for i, p, b, m, status in conn.execute(
+            "SELECT id, platform, bot_id, platform_msg_id, status FROM inbound"
+            f" WHERE (platform, bot_id, platform_msg_id) IN (VALUES {keys})",
+            [v for k in earlier for v in k],
+        ):
+            existing[(p, b, m)] = (i, status)
+    results = []
+    first_seen: set[tuple[str, str, str]] = set()
+    for row in rows:
+        k = row[:3]
+        if k in inserted and k not in first_seen:
+            first_seen.add(k)
+            results.append(AppendResult(inbound_id=inserted[k], duplicate=False))
+        elif k in inserted:  # a second delivery inside this very batch: its turn is still pending
+            results.append(AppendResult(inbound_id=inserted[k], duplicate=True, pending=True))
+        else:
+            inbound_id, status = existing[k]
+            results.append(AppendResult(inbound_id=inbound_id, duplicate=True, pending=status == "pending"))
+    return results
 
 
 def mark_done(conn: sqlite3.Connection, inbound_ids: Sequence[int], now: float) -> None:
