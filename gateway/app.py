@@ -19,6 +19,7 @@ from adapters.base import Adapter
 from agent_core.chat import ChatAgent
 from agent_core.llm import LiteLLMClient, LLMClient
 from agent_core.llm_process import ProcessLLMClient
+from gateway.admission import AdaptiveTurnLimit, TurnLimit
 from gateway.bus import SessionBus
 from gateway.config import Settings, section_enabled
 from gateway.errors import ConfigError
@@ -38,6 +39,7 @@ from gateway.store.sqlite_db import SqliteDatabase
 from gateway.store.sqlite_journal import SqliteJournal
 from gateway.store.sqlite_kv import SqliteKeyValueStore
 from gateway.store.sqlite_ledger import SqliteTurnLedger
+from gateway.store.sqlite_memory import SqliteMemoryStore
 from gateway.store.sqlite_outbox import SqliteOutbox
 from gateway.store.sqlite_traces import SqliteTraceStore
 from gateway.tasks import TaskTracker
@@ -133,10 +135,18 @@ class Runtime:
             llm_ready=self.llm_ready,
             traces=self.traces,
         )
+        cap = settings.bus.max_concurrency
+        lag_target = settings.bus.turn_lag_target_ms / 1000
+        self.turn_limit = (
+            AdaptiveTurnLimit(cap, lag_target=lag_target, on_change=self.metrics.turn_limit.set)
+            if lag_target > 0
+            else TurnLimit(cap)
+        )
+        self.metrics.turn_limit.set(cap)
         self.bus = SessionBus(
             self.turns,
             self.tasks.spawn,
-            max_concurrency=settings.bus.max_concurrency,
+            limit=self.turn_limit,
             max_backlog=settings.bus.max_backlog,
             mode=settings.bus.pending_mode,
         )
@@ -176,10 +186,12 @@ class Runtime:
         )
         self.tasks.spawn(monitor_event_loop_lag(self.metrics.event_loop_lag_seconds.set, stop=self._stop), "loop-lag")
         self.tasks.spawn(self._housekeeping(), "housekeeping")
+        if isinstance(self.turn_limit, AdaptiveTurnLimit):
+            self.tasks.spawn(self.turn_limit.run(self._stop), "turn-limit")
         self.tasks.spawn(self._warm_up_llm(), "llm-warm-up")
         if self.settings.agent.enabled:
             self.responder.target = await build_skill_responder(
-                self.settings, self._env, self.llm, self.tasks.spawn, self._stop
+                self.settings, self._env, self.llm, self.tasks.spawn, self._stop, memory=SqliteMemoryStore(self.db)
             )
         resumed = await self._resume()
         self._accepting = True

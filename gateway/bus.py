@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.admission import TurnLimit
 from gateway.messages import SessionKey
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,14 @@ class SessionBus:
         spawn: Spawn,
         *,
         max_concurrency: int = 32,
+        limit: TurnLimit | None = None,
         max_backlog: int = 10_000,
         mode: PendingMode = PendingMode.SEQUENTIAL,
         retry_delay: float = 1.0,
     ) -> None:
         self._handler = handler
         self._spawn = spawn
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = limit or TurnLimit(max_concurrency)
         self._max_backlog = max_backlog
         self._mode = mode
         self._retry_delay = retry_delay
@@ -110,7 +112,7 @@ class SessionBus:
         try:
             while lane.queue:
                 ids = self._take(lane)
-                async with self._slots:
+                async with self._slots.slot():
                     self._running += 1
                     try:
                         await self._run_until_done(key, ids)

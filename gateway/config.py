@@ -53,6 +53,9 @@ class BusConfig(_Section):
     """Turn scheduling."""
 
     max_concurrency: int = Field(32, ge=1)
+    # While the event loop lags more than this, fewer turns start (down to 1) so acks stay fast.
+    # 0 turns the adaptation off (always max_concurrency).
+    turn_lag_target_ms: float = Field(2.0, ge=0)
     max_backlog: int = Field(10_000, ge=1)
     pending_mode: PendingMode = PendingMode.SEQUENTIAL
     max_attempts: int = Field(5, ge=1)

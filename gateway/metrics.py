@@ -86,6 +86,11 @@ class Metrics:
             "Agent turns currently running.",
             registry=r,
         )
+        self.turn_limit = Gauge(
+            PREFIX + "turn_limit",
+            "Turns allowed to run at once now (below bus.max_concurrency while the event loop lags).",
+            registry=r,
+        )
         self.turn_latency_seconds = Histogram(
             PREFIX + "turn_latency_seconds",
             "Wall time of one agent turn.",
