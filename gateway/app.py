@@ -191,7 +191,13 @@ class Runtime:
         self.tasks.spawn(self._warm_up_llm(), "llm-warm-up")
         if self.settings.agent.enabled:
             self.responder.target = await build_skill_responder(
-                self.settings, self._env, self.llm, self.tasks.spawn, self._stop, memory=SqliteMemoryStore(self.db)
+                self.settings,
+                self._env,
+                self.llm,
+                self.tasks.spawn,
+                self._stop,
+                memory=SqliteMemoryStore(self.db),
+                outcomes=self.traces.skill_outcomes,
             )
         resumed = await self._resume()
         self._accepting = True

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,11 +27,13 @@ if TYPE_CHECKING:  # the router pulls in numpy and jieba: imported when the agen
     from agent_core.router import SkillRouter
 from gateway.config import Settings
 from gateway.responders import SkillResponder
+from gateway.skill_utility import Outcomes, refresh_skill_utilities
 from sessions.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10.0
+UTILITY_SECONDS = 300.0  # run outcomes move the utility prior slowly; a few minutes of lag costs nothing
 Spawn = Callable[[Coroutine[Any, Any, None], str], object]
 
 
@@ -147,9 +150,15 @@ def sync_router(library: SkillLibrary, router: SkillRouter) -> None:
 
 
 async def keep_router_current(
-    library: SkillLibrary, lazy: LazyRouter, db_path: Path, stop: asyncio.Event, on_change: Callable[[], None]
+    library: SkillLibrary,
+    lazy: LazyRouter,
+    db_path: Path,
+    stop: asyncio.Event,
+    on_change: Callable[[], None],
+    outcomes: Outcomes | None = None,
 ) -> None:
-    """Build the index off the loop, then follow library changes (also those made by the CLI)."""
+    """Build the index off the loop, then follow library changes (also those made by the CLI) and,
+    every few minutes, feed the skills' run outcomes into the router's utility prior."""
     from agent_core.router import SkillRouter
     from agent_core.skills.seeds import ensure_seeds
 
@@ -168,8 +177,15 @@ async def keep_router_current(
         return
     lazy.router = router
     log.info("skill router ready: %s", router.stats())
+    next_utility = 0.0
     try:
         while not stop.is_set():
+            if outcomes is not None and time.monotonic() >= next_utility:
+                next_utility = time.monotonic() + UTILITY_SECONDS
+                try:
+                    await refresh_skill_utilities(outcomes, router)
+                except Exception:  # a missed refresh keeps the previous priors
+                    log.exception("could not refresh skill utilities")
             try:
                 await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
             except TimeoutError:
@@ -189,6 +205,7 @@ async def build_skill_responder(
     spawn: Spawn,
     stop: asyncio.Event,
     memory: MemoryStore | None = None,
+    outcomes: Outcomes | None = None,
 ) -> SkillResponder:
     """The skill agent with its library, router (built in the background), sandbox and the users' memory."""
     from agent_core.agent.confirm import Confirmations
@@ -201,7 +218,10 @@ async def build_skill_responder(
     lazy = LazyRouter()
     confirmations = Confirmations()
     source = LibrarySource(library)
-    spawn(keep_router_current(library, lazy, data / "skill_router.sqlite3", stop, source.invalidate), "skill-router")
+    spawn(
+        keep_router_current(library, lazy, data / "skill_router.sqlite3", stop, source.invalidate, outcomes),
+        "skill-router",
+    )
     envs = SkillEnvCache(data / "skill_envs")
     refuse = _isolation_refusal(sandbox, cfg.min_isolation)
     agent = SkillAgent(

@@ -80,3 +80,19 @@ def fuse(sig: Signals, w: FusionWeights) -> F32:
     if w.utility:
         fused += np.float32(w.utility) * sig.utility
     return fused.astype(np.float32)
+
+
+def outcome_utility(ok: int, total: int, *, strength: float = 1.0, confident_after: int = 10) -> float:
+    """The utility prior of a skill from its run outcomes, in z units within [-strength/2, +strength/2].
+
+    A Laplace-smoothed success rate centred on 0.5, scaled by how much evidence there is: a skill that
+    failed its only run is not buried (one bad input is no verdict), but one that keeps failing sinks
+    below equally relevant skills that work, and one that keeps working wins ties. Bounded, so no
+    track record outweighs a clearly better textual match (one standard deviation of a signal).
+    """
+    if total <= 0:
+        return 0.0
+    ok = min(max(ok, 0), total)
+    rate = (ok + 1) / (total + 2)
+    confidence = min(1.0, total / confident_after)
+    return float(strength * (rate - 0.5) * confidence)

@@ -49,6 +49,17 @@ class SqliteTraceStore:
 
         await self._db.write(op)
 
+    async def skill_outcomes(self, since: float) -> dict[str, tuple[int, int]]:
+        """Per skill: (successful runs, all runs) since `since` (the router's utility prior)."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            rows = conn.execute(
+                "SELECT skill, sum(ok), count(*) FROM skill_runs WHERE at >= ? GROUP BY skill", (since,)
+            ).fetchall()
+            return {skill: (int(ok), int(total)) for skill, ok, total in rows}
+
+        return await self._db.read(op)
+
     async def skill_runs(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest audit rows."""
 
