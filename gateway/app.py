@@ -198,6 +198,7 @@ class Runtime:
                 self._stop,
                 memory=SqliteMemoryStore(self.db),
                 outcomes=self.traces.skill_outcomes,
+                audit=self.traces.record_run,
             )
         resumed = await self._resume()
         self._accepting = True

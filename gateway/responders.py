@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent_core.agent.confirm import Confirmations
-from agent_core.agent.ports import TurnContext
+from agent_core.agent.ports import SkillRun, TurnContext
 from agent_core.agent.react import SkillAgent
 from agent_core.chat import ChatAgent, ChatAnswer
 from agent_core.llm import ChatMessage
 from gateway.messages import InboundMessage, SessionKey
 
 OnText = Callable[[str], Awaitable[None]]
+
+
+class RunAudit(Protocol):
+    async def __call__(self, *, at: float, session_key: str, user_id: str, run: Mapping[str, Any]) -> None: ...
+
+
 UNKNOWN_CODE = "That confirmation code is unknown or has expired, so nothing was run. Ask again if you still want it."
 
 
@@ -88,7 +95,9 @@ class SkillResponder:
         confirmations: Confirmations | None = None,
         learn: Callable[[str, str], None] | None = None,
         secret_grants: Mapping[str, Sequence[str]] | None = None,
+        audit: RunAudit | None = None,
     ) -> None:
+        self._audit = audit
         self._secret_grants = {k: frozenset(v) for k, v in (secret_grants or {}).items()}
         self._learn = learn
         self._agent = agent
@@ -97,6 +106,16 @@ class SkillResponder:
         self._secrets = dict(secrets)
         self._workspace_of = workspace_of
         self._allow_network = allow_network
+
+    def _audit_sink(self, session_key: str, user_key: str) -> Callable[[SkillRun], Awaitable[None]] | None:
+        audit = self._audit
+        if audit is None:
+            return None
+
+        async def on_run(run: SkillRun) -> None:
+            await audit(at=time.time(), session_key=session_key, user_id=user_key, run=dataclasses.asdict(run))
+
+        return on_run
 
     def roles_of(self, platform: str, user_id: str) -> frozenset[str]:
         """The configured roles of a platform user."""
@@ -129,6 +148,7 @@ class SkillResponder:
             secret_grants=self._secret_grants,
             network_allowed=self._allow_network,
             confirmed=confirmed,
+            on_run=self._audit_sink(str(key), user_key),
         )
         answer, trace = await self._agent.answer(history, texts, ctx, on_delta)
         succeeded = {run.skill for run in trace.runs if run.ok}

@@ -26,7 +26,7 @@ from agent_core.skills.model import Skill
 if TYPE_CHECKING:  # the router pulls in numpy and jieba: imported when the agent starts, not at CLI start
     from agent_core.router import SkillRouter
 from gateway.config import Settings
-from gateway.responders import SkillResponder
+from gateway.responders import RunAudit, SkillResponder
 from gateway.skill_utility import Outcomes, refresh_skill_utilities
 from sessions.memory import MemoryStore
 
@@ -206,6 +206,7 @@ async def build_skill_responder(
     stop: asyncio.Event,
     memory: MemoryStore | None = None,
     outcomes: Outcomes | None = None,
+    audit: RunAudit | None = None,
 ) -> SkillResponder:
     """The skill agent with its library, router (built in the background), sandbox and the users' memory."""
     from agent_core.agent.confirm import Confirmations
@@ -251,6 +252,7 @@ async def build_skill_responder(
         confirmations=confirmations,
         learn=lazy.learn,
         secret_grants=cfg.skill_secrets,
+        audit=audit,
     )
 
 

@@ -9,7 +9,7 @@ import json
 from aiohttp import web
 
 from tests.conftest import RuntimeFactory
-from tests.fakes.fake_llm import FakeLLM, ToolCallReply
+from tests.fakes.fake_llm import ErrorReply, FakeLLM, ToolCallReply
 from tests.fakes.webhook_peer import CallbackReceiver, make_payload
 from tests.test_e2e import post
 
@@ -63,3 +63,30 @@ async def test_a_question_is_routed_to_a_seed_skill_run_in_the_sandbox_and_answe
     [run] = runs
     assert run["skill"] == "http-health-check" and run["ok"] == 1 and run["user_id"] == "webhook:ops:ops-alice"
     assert learned == 1  # the successful run taught the router this kind of request
+
+
+async def test_a_skill_run_is_audited_even_when_the_turn_fails_after_it(
+    runtime_factory: RuntimeFactory, receiver: CallbackReceiver, fake_llm: FakeLLM
+) -> None:
+    health, url = await _serve_health()
+    try:
+        fake_llm.enqueue(
+            ToolCallReply(
+                "run_skill", {"name": "http-health-check", "script": "check.py", "args": {"endpoints": [url]}}, "c1"
+            ),
+            *[ErrorReply(400)] * 3,
+        )
+        async with runtime_factory() as rt:
+            finder = rt.responder.target._agent._finder  # type: ignore[attr-defined]
+            for _ in range(600):
+                if finder.router is not None:
+                    break
+                await asyncio.sleep(0.05)
+            await post(rt, make_payload("h2", "c1", "ops-bob", "is our health endpoint up?"))
+            [delivery] = await receiver.async_wait_visible(1, seconds=30)
+            runs = await rt.traces.skill_runs()
+    finally:
+        await health.cleanup()
+    assert delivery.body["text"] == "The AI service could not process this request."
+    [run] = runs  # the action happened, so it is on record although the answer failed
+    assert run["skill"] == "http-health-check" and run["ok"] == 1 and run["user_id"] == "webhook:ops:ops-bob"

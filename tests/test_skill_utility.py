@@ -58,10 +58,10 @@ async def test_skills_that_keep_failing_lose_their_place_to_reliable_ones(tmp_pa
             query = "check disk usage of the host"
             assert router.route(query, 2)[0].name == "disk_usage_check"  # the better textual match
             for i in range(20):
-                trace = {"runs": [_run("disk_usage_check", False), _run("disk_report", True)]}
-                await traces.record(at=1000.0 + i, session_key="k", user_id="u", inbound_ids=[i], trace=trace)
-            old = {"runs": [_run("disk_report", False)] * 30}  # outside the window: ignored
-            await traces.record(at=1.0, session_key="k", user_id="u", inbound_ids=[99], trace=old)
+                for run in (_run("disk_usage_check", False), _run("disk_report", True)):
+                    await traces.record_run(at=1000.0 + i, session_key="k", user_id="u", run=run)
+            for _ in range(30):  # outside the window: ignored
+                await traces.record_run(at=1.0, session_key="k", user_id="u", run=_run("disk_report", False))
 
             values = await refresh_skill_utilities(traces.skill_outcomes, router, now=2000.0, window=1500.0)
 
@@ -76,8 +76,8 @@ async def test_skills_without_runs_are_neutral_and_outcomes_are_counted_per_skil
     await db.open(MIGRATIONS)
     try:
         traces = SqliteTraceStore(db)
-        trace = {"runs": [_run("a", True), _run("a", False), _run("a", True)]}
-        await traces.record(at=10.0, session_key="k", user_id="u", inbound_ids=[1], trace=trace)
+        for ok in (True, False, True):
+            await traces.record_run(at=10.0, session_key="k", user_id="u", run=_run("a", ok))
         assert await traces.skill_outcomes(0.0) == {"a": (2, 3)}
         assert await traces.skill_outcomes(11.0) == {}
         with SkillRouter(tmp_path / "router.sqlite3", embedder=None) as router:

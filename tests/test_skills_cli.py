@@ -123,9 +123,11 @@ def test_audit_lists_skill_runs_from_the_database(config: Path, tmp_path: Path) 
         db = SqliteDatabase(load_settings(config).database_path)
         await db.open(MIGRATIONS)
         run = {"skill": "http-health-check", "version": "abc123", "args": '{"endpoints": []}', "exit_code": 1}
-        trace = {"runs": [{**run, "ok": False, "duration": 0.5, "error": "boom"}]}
-        await SqliteTraceStore(db).record(
-            at=1.7e9, session_key="k", user_id="chatapp:b:alice", inbound_ids=[1], trace=trace
+        await SqliteTraceStore(db).record_run(
+            at=1.7e9,
+            session_key="k",
+            user_id="chatapp:b:alice",
+            run={**run, "ok": False, "duration": 0.5, "error": "boom"},
         )
         await db.close()
 

@@ -1,4 +1,4 @@
-"""Turn traces and the skill-run audit log are stored together, append-only."""
+"""Turn traces and the skill-run audit log, append-only."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ async def test_a_trace_and_its_skill_runs_are_recorded(tmp_path: Path) -> None:
         store = SqliteTraceStore(db)
         run = {"skill": "disk", "version": "v1", "args": "{}", "exit_code": 0, "ok": True, "duration": 0.2, "error": ""}
         trace = {"query": "how full?", "runs": [run, {**run, "ok": False, "exit_code": 1, "error": "boom"}]}
+        for r in trace["runs"]:
+            await store.record_run(at=1.0, session_key="k", user_id="u1", run=r)
         await store.record(at=1.0, session_key="k", user_id="u1", inbound_ids=[3, 4], trace=trace)
         rows = await store.skill_runs()
         assert [(r["skill"], r["ok"], r["error"]) for r in rows] == [("disk", 0, "boom"), ("disk", 1, "")]

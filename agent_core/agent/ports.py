@@ -71,6 +71,8 @@ class TurnContext:
     network_allowed: bool = True
     # an action the user has just confirmed in chat (see agent/confirm.py): run before the model speaks
     confirmed: Any = None
+    # the audit log: called as soon as a skill run ends, so a turn that fails later still leaves its record
+    on_run: Callable[[SkillRun], Awaitable[None]] | None = None
 
 
 @dataclass

@@ -197,18 +197,18 @@ class ToolBox:
         )
         ok = outcome.exit_code == 0 and outcome.killed_reason is None
         error = outcome.killed_reason or ("" if ok else outcome.stderr[-500:])
-        self._trace.runs.append(
-            SkillRun(
-                skill=skill.meta.name,
-                version=skill.content_hash[:12],
-                args=payload[:2000],
-                exit_code=outcome.exit_code,
-                ok=ok,
-                duration=time.monotonic() - started,
-                error=error,
-                output_excerpt=outcome.stdout[:500],
-            )
+        run = SkillRun(
+            skill=skill.meta.name,
+            version=skill.content_hash[:12],
+            args=payload[:2000],
+            exit_code=outcome.exit_code,
+            ok=ok,
+            duration=time.monotonic() - started,
+            error=error,
+            output_excerpt=outcome.stdout[:500],
         )
+        self._trace.runs.append(run)
+        await self._audit(run)
         if not ok:
             return f"ERROR: the script failed ({error or f'exit code {outcome.exit_code}'}).\n{outcome.stdout[:2000]}"
         return outcome.stdout
@@ -243,6 +243,16 @@ class ToolBox:
         except WorkspacePathError as exc:
             raise ToolError(str(exc)) from None
         return f"wrote {len(data)} bytes to {where}"
+
+    async def _audit(self, run: SkillRun) -> None:
+        """The run is on record before the model sees its result (the turn may still fail after it)."""
+        if self._ctx.on_run is None:
+            return
+        try:
+            await self._ctx.on_run(run)
+        except Exception as exc:  # the action happened; losing its record is an operator problem, said loudly
+            log.exception("could not write the audit row of a %s run", run.skill)
+            self._trace.errors.append(f"audit: {type(exc).__name__}")
 
     async def _remember(self, args: Mapping[str, Any]) -> str:
         note = args.get("note")

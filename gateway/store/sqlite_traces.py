@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.store.sqlite_db import SqliteDatabase
@@ -19,32 +19,36 @@ class SqliteTraceStore:
     async def record(
         self, *, at: float, session_key: str, user_id: str, inbound_ids: Sequence[int], trace: dict[str, Any]
     ) -> None:
-        """One turn's trace and an audit row per skill run, in one transaction."""
-        runs = trace.get("runs", [])
+        """One turn's trace (its skill runs are audited one by one as they end: see `record_run`)."""
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO turn_traces (at, session_key, inbound_ids, trace) VALUES (?, ?, ?, ?)",
                 (at, session_key, json.dumps(list(inbound_ids)), json.dumps(trace, ensure_ascii=False)),
             )
-            conn.executemany(
+
+        await self._db.write(op)
+
+    async def record_run(self, *, at: float, session_key: str, user_id: str, run: Mapping[str, Any]) -> None:
+        """The audit row of one skill run, durable before the model sees the run's result."""
+        row = (
+            at,
+            session_key,
+            user_id,
+            run["skill"],
+            run["version"],
+            run["args"],
+            run["exit_code"],
+            int(run["ok"]),
+            run["duration"],
+            run["error"],
+        )
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO skill_runs (at, session_key, user_id, skill, version, args, exit_code, ok, duration,"
                 " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        at,
-                        session_key,
-                        user_id,
-                        r["skill"],
-                        r["version"],
-                        r["args"],
-                        r["exit_code"],
-                        int(r["ok"]),
-                        r["duration"],
-                        r["error"],
-                    )
-                    for r in runs
-                ],
+                row,
             )
 
         await self._db.write(op)
