@@ -180,6 +180,7 @@ class ProcessLLMClient:
         rid = self._next_id
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[rid] = queue
+        finished = False
         try:
             line = {
                 "id": rid,
@@ -201,10 +202,12 @@ class ProcessLLMClient:
                 except TimeoutError:
                     raise LLMUnavailable(detail="no answer from the LLM worker in time") from None
                 if "error" in message:
+                    finished = True
                     raise _to_error(message["error"])
                 if "delta" in message:
                     yield message["delta"]
                     continue
+                finished = True
                 if "turn" in message:
                     yield message["turn"]
                     return
@@ -212,6 +215,14 @@ class ProcessLLMClient:
                 return
         finally:
             del self._pending[rid]
+            if not finished:  # cancelled, timed out or abandoned: the worker aborts the call
+                self._cancel(proc, rid)
+
+    @staticmethod
+    def _cancel(proc: asyncio.subprocess.Process, rid: int) -> None:
+        if proc.returncode is None and proc.stdin is not None and not proc.stdin.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                proc.stdin.write(json.dumps({"op": "cancel", "target": rid}).encode() + b"\n")
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> str:
         if not self.is_configured():

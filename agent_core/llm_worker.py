@@ -1,7 +1,8 @@
 """Child process that runs litellm for the gateway (see llm_process.py).
 
 Protocol: JSON lines. Parent -> child: one config line {"profiles", "default"}, then requests
-{"id", "op": "complete"|"stream"|"ping", "messages", "max_tokens"}. Child -> parent: {"ready": true}
+{"id", "op": "complete"|"stream"|"ping"|..., "messages", "max_tokens"}, and {"op": "cancel", "target": id}
+when the parent gave up on a request (its HTTP call is then aborted). Child -> parent: {"ready": true}
 once litellm is imported, then {"id", "delta"} / {"id", "text"} / {"id", "error": {...}} per request.
 The child exits when its stdin closes, so it never outlives the gateway (even after kill -9).
 """
@@ -50,6 +51,7 @@ class Worker:
         self._client = client
         self._out = out
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_id: dict[Any, asyncio.Task[None]] = {}
 
     def send(self, payload: dict[str, Any]) -> None:
         try:
@@ -59,9 +61,22 @@ class Worker:
             os._exit(0)  # the gateway is gone (e.g. kill -9): nobody is waiting for this answer
 
     def handle(self, request: dict[str, Any]) -> None:
+        if request.get("op") == "cancel":  # the turn timed out or was cancelled: stop paying for the call
+            target = self._by_id.get(request.get("target"))
+            if target is not None:
+                target.cancel()
+            return
+        rid = request.get("id")
         task = asyncio.create_task(self._serve(request))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._by_id[rid] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if self._by_id.get(rid) is t:
+                del self._by_id[rid]
+
+        task.add_done_callback(done)
 
     async def _serve(self, request: dict[str, Any]) -> None:
         rid = request.get("id")
@@ -91,6 +106,8 @@ class Worker:
                 self.send({"id": rid, "text": text})
             else:
                 raise ValueError(f"unknown op {op!r}")
+        except asyncio.CancelledError:
+            return  # cancelled on the parent's request: nobody waits for an answer
         except LLMError as err:
             self.send({"id": rid, "error": _error_payload(err)})
         except Exception as exc:  # reported to the waiting turn instead of hanging it

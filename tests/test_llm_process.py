@@ -152,3 +152,20 @@ async def test_tool_calls_go_through_the_worker(client: ProcessLLMClient, fake_l
     turn = await client.complete_tools([ChatMessage(role="user", content="hi")], tools)
     assert [(c.id, c.name) for c in turn.tool_calls] == [("c1", "open_skill")]
     assert fake_llm.chat_requests()[-1].body["tools"] == tools
+
+
+async def test_a_call_given_up_by_the_turn_is_aborted_in_the_worker(
+    client: ProcessLLMClient, fake_llm: FakeLLM
+) -> None:
+    assert await client.complete(MSGS) == "echo: hello worker"  # litellm's first call is slow to set up
+    fake_llm.enqueue(DelayReply(1.5))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):  # e.g. the agent's wall-time bound
+            await client.complete(MSGS)
+    assert fake_llm.total_requests == 2  # the call did reach the model
+    for _ in range(100):  # the fake notices the hang-up when its delay ends
+        if fake_llm.abandoned_requests:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_llm.abandoned_requests == 1
+    assert await client.complete(MSGS) == "echo: hello worker"  # the worker is fine afterwards

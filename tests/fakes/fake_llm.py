@@ -165,6 +165,7 @@ class FakeLLM:
         self._queue: collections.deque[Reply] = collections.deque()
         self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._total_requests = 0
+        self.abandoned_requests = 0  # delayed requests whose client hung up before the answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -356,6 +357,10 @@ class FakeLLM:
         while isinstance(reply, DelayReply):
             await asyncio.sleep(reply.seconds)
             reply = reply.then if reply.then is not None else self._default_reply(body)
+            if request.transport is None or request.transport.is_closing():
+                with self._lock:
+                    self.abandoned_requests += 1
+                return web.Response(status=499)  # never sent: the client is gone
         if isinstance(reply, ErrorReply):
             return _error_response(reply)
         if isinstance(reply, DropReply):
