@@ -973,6 +973,10 @@ def test_fuzz_inbound_never_500_and_never_publishes_invalid() -> None:
             assert msg.sender_id == expected["sender"]["id"]
             assert msg.text == expected.get("text", "")
             assert len(msg.attachments) == len(expected.get("attachments", []))
+            # built without re-validation (convert.to_inbound): it must be exactly what validation gives,
+            # and survive the journal's JSON round trip unchanged
+            assert InboundMessage.model_validate(msg.model_dump()) == msg
+            assert InboundMessage.model_validate_json(msg.model_dump_json()) == msg
 
         try:
             check()

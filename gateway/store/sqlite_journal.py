@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 
@@ -10,7 +11,9 @@ from gateway.store.interfaces import AppendResult, JournalEntry
 from gateway.store.sqlite_db import SqliteDatabase
 
 
+@functools.lru_cache(maxsize=4096)
 def _key_to_text(key: SessionKey) -> str:
+    """Cached: an active user's key is serialized on every message they send (keys are immutable)."""
     return key.model_dump_json()
 
 
