@@ -17,6 +17,7 @@ from adapters.base import Adapter
 
 REGISTRY: dict[str, str] = {
     "console": "adapters.console",
+    "dingtalk": "adapters.dingtalk",
     "feishu": "adapters.feishu",
     "webhook": "adapters.webhook",
     "wechat": "adapters.wechat",

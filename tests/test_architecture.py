@@ -48,7 +48,7 @@ def test_agent_core_depends_on_nothing_internal() -> None:
 # Shared by several platform packages; never import a platform package themselves.
 SHARED_ADAPTER_MODULES = {"base", "httpio", "secrets", "tokens"}
 # The WeChat family's crypto and API client; its text shaping (markdown splitting) also serves Feishu.
-SHARED_ADAPTER_PACKAGES = {"wxcommon": {"wechat", "wecom", "feishu"}}
+SHARED_ADAPTER_PACKAGES = {"wxcommon": {"wechat", "wecom", "feishu", "dingtalk"}}  # text shaping is shared
 
 
 def test_adapters_do_not_import_each_other_or_the_runtime() -> None:

@@ -1,0 +1,153 @@
+"""HTTP outgoing-robot callbacks: `POST /webhooks/dingtalk/<bot_id>`, verified before anything is parsed.
+
+Wire facts (protocols.md B3, copy of the official "接收消息" page): DingTalk POSTs the bot-message JSON of
+B2 with headers `timestamp` (ms since the epoch) and `sign`; a request is genuine iff the timestamp is within
+an hour of our clock and `sign == base64(HMAC-SHA256(key=AppSecret, msg=f"{timestamp}\\n{AppSecret}"))`
+(no URL-encoding on this inbound check).
+
+The signature covers only the timestamp, not the body: whoever captures one signed request can replay its
+headers with any body for the rest of the window. We cannot fix the platform; the consequences are bounded
+instead: the window is configurable (`timestamp_window`), duplicate `msgId`s are dropped by the journal, and
+replies go only to DingTalk-hosted sessionWebhooks (`api.DingTalkApi.post_session_webhook`).
+
+Order of checks, cheapest and safest first: unknown bot → 404; headers, timestamp format, signature
+(constant time) and freshness → 403, before the body is read at all; body over the cap → 413; not JSON or
+not a bot message → 400. A rejection is logged with its reason, never with the body, the sign or the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from adapters.base import Handler
+from adapters.dingtalk.wire import BotMessage, parse_bot_message
+from adapters.httpio import read_bounded
+from gateway.errors import BackpressureError
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/webhooks/dingtalk/{bot_id}"
+TIMESTAMP_HEADER = "timestamp"
+SIGN_HEADER = "sign"
+EMPTY_REPLY = {"msgtype": "empty"}  # 200 without a synchronous reply; the answer follows via sessionWebhook
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,16}")
+
+SecretOf = Callable[[str], str | None]  # bot id → AppSecret of a robot that takes HTTP callbacks, else None
+Publish = Callable[[str, BotMessage], Awaitable[None]]  # journal the message; raise BackpressureError when full
+
+
+class CallbackRejected(Exception):
+    """The callback is refused with HTTP `status`; `reason` is safe to log."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def signature(timestamp: str, secret: str) -> str:
+    """DingTalk's `sign` for `timestamp`: base64(HMAC-SHA256(secret, timestamp + "\\n" + secret))."""
+    digest = hmac.new(secret.encode("utf-8"), f"{timestamp}\n{secret}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_headers(headers: Mapping[str, str], secret: str, *, now: float, window: float) -> None:
+    """Raise CallbackRejected(403) unless `sign` signs a `timestamp` within `window` seconds of `now`."""
+    timestamp, sent = _header(headers, TIMESTAMP_HEADER), _header(headers, SIGN_HEADER)
+    if timestamp is None or sent is None:
+        raise CallbackRejected(403, "missing timestamp or sign header")
+    if not secret:
+        raise CallbackRejected(403, "no AppSecret configured for this robot")
+    if _TIMESTAMP_RE.fullmatch(timestamp) is None:
+        raise CallbackRejected(403, "timestamp is not integer milliseconds")
+    expected = signature(timestamp, secret).encode("ascii")
+    if not hmac.compare_digest(expected, sent.strip().encode("utf-8", "replace")):
+        raise CallbackRejected(403, "bad sign")
+    if abs(now * 1000 - int(timestamp)) > window * 1000:
+        raise CallbackRejected(403, "timestamp outside the accepted window (replay or clock skew)")
+
+
+def parse_body(body: bytes, max_bytes: int) -> BotMessage:
+    """The bot message in an (already authenticated) body; 413 when too large, 400 when malformed."""
+    if len(body) > max_bytes:
+        raise CallbackRejected(413, f"body larger than {max_bytes} bytes")
+    try:
+        return parse_bot_message(body)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
+        raise CallbackRejected(400, f"not a DingTalk bot message: {', '.join(fields[:5])}") from None
+
+
+def verify_and_parse(
+    headers: Mapping[str, str], body: bytes, secret: str, *, now: float, window: float, max_bytes: int
+) -> BotMessage:
+    """`verify_headers` then `parse_body`: the whole check for callers that already hold the body."""
+    verify_headers(headers, secret, now=now, window=window)
+    return parse_body(body, max_bytes)
+
+
+def make_handler(
+    secret_of: SecretOf,
+    publish: Publish,
+    *,
+    max_body_bytes: int,
+    timestamp_window: float,
+    clock: Callable[[], float] = time.time,
+    accepting: Callable[[], bool] = lambda: True,
+) -> Handler:
+    """The aiohttp handler for ROUTE. `publish` runs only for verified, well-formed messages; when it
+    returns, DingTalk gets 200 `{"msgtype":"empty"}` (the answer follows through the sessionWebhook)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        bot_id = request.match_info.get("bot_id", "")
+        try:
+            secret = secret_of(bot_id)
+            if secret is None:
+                raise CallbackRejected(404, "unknown bot")
+            if not accepting():
+                return web.json_response({"msg": "not accepting"}, status=503, headers={"Retry-After": "1"})
+            verify_headers(request.headers, secret, now=clock(), window=timestamp_window)
+            if request.content_length is not None and request.content_length > max_body_bytes:
+                raise CallbackRejected(413, f"body larger than {max_body_bytes} bytes")
+            body, too_large = await read_bounded(request.content, max_body_bytes)
+            if too_large:
+                raise CallbackRejected(413, f"body larger than {max_body_bytes} bytes")
+            message = parse_body(body, max_body_bytes)
+        except CallbackRejected as exc:
+            return _reject(bot_id, exc)
+        try:
+            await publish(bot_id, message)
+        except BackpressureError:
+            return web.json_response({"msg": "busy"}, status=503, headers={"Retry-After": "1"})
+        except Exception:
+            log.exception("could not journal dingtalk message for bot %r", bot_id[:64])
+            return web.json_response({"msg": "temporarily unavailable"}, status=503, headers={"Retry-After": "2"})
+        return web.json_response(EMPTY_REPLY)
+
+    return handle
+
+
+def _reject(bot_id: str, exc: CallbackRejected) -> web.Response:
+    level = logging.WARNING if exc.status == 403 else logging.INFO
+    log.log(level, "dingtalk callback rejected: %d %s bot=%r", exc.status, exc.reason, bot_id[:64])
+    resp = web.json_response({"msg": exc.reason}, status=exc.status)
+    if exc.status == 413:
+        resp.force_close()  # the unread rest of the body must not be parsed as the next request
+    return resp
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive for any Mapping (aiohttp's headers fold case already; a plain dict does not)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    return next((v for k, v in headers.items() if k.lower() == name), None)
