@@ -6,10 +6,10 @@ through `AdapterHost`, so it never imports the bus, the journal or the HTTP serv
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 from aiohttp import web
@@ -47,8 +47,12 @@ class AdapterHost(Protocol):
         """The shared outbound HTTP client session."""
         ...
 
-    async def publish(self, msg: InboundMessage) -> PublishResult:
-        """Journal `msg` durably (deduplicated) and schedule its turn; raises BackpressureError when full."""
+    async def publish(self, msg: InboundMessage, *, refusable: bool = True) -> PublishResult:
+        """Journal `msg` durably (deduplicated) and schedule its turn; raises BackpressureError when full.
+
+        `refusable=False` for platforms that never redeliver a message we refuse (e.g. DingTalk Stream):
+        it is then journaled even while draining or over the backlog cap, because a refusal would lose it.
+        """
         ...
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
@@ -148,4 +152,13 @@ class Adapter(Protocol):
 
     def is_connected(self) -> bool:
         """Readiness: True when the adapter can receive and send."""
+        ...
+
+
+@runtime_checkable
+class ReportsConnections(Protocol):
+    """Optional for adapters that hold long connections (one per bot): each one's health for /metrics."""
+
+    def connection_stats(self) -> Mapping[str, Mapping[str, float]]:
+        """Connection name -> {"up": 1 or 0, plus monotonic counts such as "connects", "reconnects", "messages"}."""
         ...

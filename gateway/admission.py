@@ -54,8 +54,9 @@ class TurnLimit:
                 if fut.done() and not fut.cancelled():  # woken and cancelled at once: pass the slot on
                     self._running -= 1
                     self._wake()
-                else:
-                    self._waiters.remove(fut)
+                else:  # `_wake` may already have dropped it (it skips cancelled futures)
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(fut)
                 raise
         else:
             self._running += 1

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 import adapters as adapter_registry
-from adapters.base import Adapter
+from adapters.base import Adapter, ReportsConnections
 from agent_core.chat import ChatAgent
 from agent_core.llm import LiteLLMClient, LLMClient
 from agent_core.llm_process import ProcessLLMClient
@@ -276,6 +276,13 @@ class Runtime:
         self.metrics.turns_running.set(self.bus.running)
         for name, adapter in self.adapters.items():
             self.metrics.adapter_connected.labels(adapter=name).set(1 if adapter.is_connected() else 0)
+            links = adapter.connection_stats() if isinstance(adapter, ReportsConnections) else {}
+            for connection, values in links.items():
+                for kind, value in values.items():
+                    if kind == "up":
+                        self.metrics.connection_up.labels(adapter=name, connection=connection).set(value)
+                    else:
+                        self.metrics.connection_events.labels(adapter=name, connection=connection, kind=kind).set(value)
 
     async def render_metrics(self) -> tuple[bytes, str]:
         """Prometheus exposition."""

@@ -55,16 +55,21 @@ class RuntimeHost:
         """False while draining or when the backlog is full."""
         return self._accepting() and self._bus.has_capacity()
 
-    async def publish(self, msg: InboundMessage) -> PublishResult:
-        """Journal first (durable, deduplicated), then schedule the turn; only then may the caller ack."""
-        if not self.is_accepting():
+    async def publish(self, msg: InboundMessage, *, refusable: bool = True) -> PublishResult:
+        """Journal first (durable, deduplicated), then schedule the turn; only then may the caller ack.
+
+        A message that must not be refused is journaled even while draining or over the backlog cap
+        (the journal is the buffer); while draining its turn is left for the next start, which resumes it.
+        """
+        accepting = self.is_accepting()
+        if not accepting and refusable:
             self._metrics.rejected_total.labels(platform=msg.platform, reason="backpressure").inc()
             raise BackpressureError("gateway is saturated or shutting down; retry later")
         key = session_key_for(msg, self._group_scope)
         result = await self._journal.append(msg, key)
         counter = self._metrics.dedup_hits_total if result.duplicate else self._metrics.inbound_total
         counter.labels(platform=msg.platform).inc()
-        if result.pending:
+        if result.pending and (accepting or self._accepting()):
             # Also for a retry of a still-pending message: if the first delivery was journaled but its
             # publish was cut short before queuing, this queues it; the bus ignores ids it already has.
             self._bus.submit(key, result.inbound_id)

@@ -136,6 +136,18 @@ class Metrics:
             ["adapter"],
             registry=r,
         )
+        self.connection_up = Gauge(
+            PREFIX + "connection_up",
+            "1 when one platform connection (e.g. one bot's long connection) is up, else 0.",
+            ["adapter", "connection"],
+            registry=r,
+        )
+        self.connection_events = Gauge(
+            PREFIX + "connection_events",
+            "Monotonic per-connection counts reported by the adapter (connects, reconnects, messages, acks).",
+            ["adapter", "connection", "kind"],
+            registry=r,
+        )
         self.journal_batch_size = Histogram(
             PREFIX + "journal_batch_size",
             "Records written per journal group commit.",

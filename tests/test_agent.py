@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.agent.ports import RouteHit, ScriptOutcome, TurnContext
+from agent_core.agent.ports import RouteHit, ScriptOutcome, SkillRun, TurnContext
 from agent_core.agent.react import AgentLimits, SkillAgent
 from agent_core.llm import LiteLLMClient, LLMProfile
 from agent_core.skills.model import Skill, SkillMeta
@@ -64,7 +64,12 @@ class Runner:
             stderr=asyncio.subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin", **secrets},
         )
-        out, err = await proc.communicate(args_json.encode())
+        try:
+            out, err = await proc.communicate(args_json.encode())
+        except asyncio.CancelledError:  # as the sandbox does: a cut-off run leaves no process behind
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         return ScriptOutcome(proc.returncode, out.decode(), err.decode(), 0.01)
 
 
@@ -157,6 +162,23 @@ async def test_bounds_stop_the_loop_and_say_why(tmp_path: Path, fake_llm: FakeLL
     answer, trace = await agent.answer([], ["go"], TurnContext(user_key="u"))
     assert trace.stopped_by == "steps" and trace.steps == 3
     assert "3 steps" in answer.text and "still working" in answer.text
+
+
+async def test_a_skill_run_cut_off_by_the_time_limit_is_still_audited(
+    tmp_path: Path, fake_llm: FakeLLM, llm: LiteLLMClient
+) -> None:
+    slow = make_skill(tmp_path, "slow-change", script="import time; time.sleep(8)")
+    fake_llm.enqueue(ToolCallReply("run_skill", {"name": "slow-change", "script": "main.py", "args": {}}))
+    audited: list[SkillRun] = []
+
+    async def on_run(run: SkillRun) -> None:
+        audited.append(run)
+
+    agent = SkillAgent(llm, Library(slow), None, Runner(), limits=AgentLimits(wall_seconds=4))
+    _, trace = await agent.answer([], ["change it"], TurnContext(user_key="u", on_run=on_run))
+    assert trace.stopped_by == "time"
+    [run] = audited  # the script may have changed things before it was stopped: it is on record
+    assert run.skill == "slow-change" and not run.ok and "cancelled" in run.error
 
 
 async def test_workspace_files_stay_inside_and_bad_calls_go_back_to_the_model(

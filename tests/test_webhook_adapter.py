@@ -84,7 +84,7 @@ class FakeHost:
         assert self._session is not None, "FakeHost not started"
         return self._session
 
-    async def publish(self, msg: InboundMessage) -> PublishResult:
+    async def publish(self, msg: InboundMessage, *, refusable: bool = True) -> PublishResult:
         if self.backpressure:
             raise BackpressureError("full")
         key = (msg.platform, msg.bot_id, msg.platform_msg_id)

@@ -49,7 +49,7 @@ class Host:
         self.tasks: list[asyncio.Task[None]] = []
         self.fail_with: Exception | None = None
 
-    async def publish(self, msg: InboundMessage) -> PublishResult:
+    async def publish(self, msg: InboundMessage, *, refusable: bool = True) -> PublishResult:
         if self.fail_with is not None:
             raise self.fail_with
         self.published.append(msg)

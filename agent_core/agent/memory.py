@@ -60,7 +60,7 @@ def memory_section(notes: Sequence[NoteView], max_chars: int = PROMPT_CHARS) -> 
     lines: list[str] = []
     used = 0
     for note in reversed(notes):
-        line = f"[{note.id}] {' '.join(note.text.split())}"  # one line each: a note cannot fake the end marker
+        line = f"[{note.id}] {_inert(note.text)}"
         if used + len(line) + 1 > max_chars:
             break
         lines.append(line)
@@ -69,6 +69,14 @@ def memory_section(notes: Sequence[NoteView], max_chars: int = PROMPT_CHARS) -> 
         return ""
     body = "\n".join(reversed(lines))
     return f"{MEMORY_GUIDE}\n{BEGIN}\n{body}\n{END}"
+
+
+def _inert(text: str) -> str:
+    """One line without angle brackets: a note can neither fake the section's markers nor open a tag."""
+    return " ".join(text.translate(_NO_BRACKETS).split())
+
+
+_NO_BRACKETS = str.maketrans({"<": "‹", ">": "›"})
 
 
 async def load_memory_section(memory: MemoryPort | None, user_key: str, errors: list[str]) -> str:

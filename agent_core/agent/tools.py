@@ -192,9 +192,28 @@ class ToolBox:
         if self._ctx.on_progress is not None:
             await self._ctx.on_progress(f"running skill {skill.meta.name}")
         started = time.monotonic()
-        outcome = await self._run_script(
-            user_key=self._ctx.user_key, skill=skill, script=script, args_json=payload, secrets=secrets, network=network
-        )
+        try:
+            outcome = await self._run_script(
+                user_key=self._ctx.user_key,
+                skill=skill,
+                script=script,
+                args_json=payload,
+                secrets=secrets,
+                network=network,
+            )
+        except asyncio.CancelledError:  # time limit or shutdown mid-run: the script may have changed things
+            cut = SkillRun(
+                skill=skill.meta.name,
+                version=skill.content_hash[:12],
+                args=payload[:2000],
+                exit_code=None,
+                ok=False,
+                duration=time.monotonic() - started,
+                error="cancelled while running (turn time limit or shutdown)",
+            )
+            self._trace.runs.append(cut)
+            await asyncio.shield(self._audit(cut))
+            raise
         ok = outcome.exit_code == 0 and outcome.killed_reason is None
         error = outcome.killed_reason or ("" if ok else outcome.stderr[-500:])
         run = SkillRun(

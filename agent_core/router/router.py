@@ -184,6 +184,9 @@ class SkillRouter:
     def set_utility(self, name: str, value: float) -> None:
         """Set the utility prior of a skill (e.g. from success/failure rates); 0 = neutral. See fusion.py."""
         with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and entry.utility == value:
+                return  # unchanged: no write, no snapshot rebuild (refreshed every few minutes for every skill)
             self._conn.execute("UPDATE skills SET utility = ? WHERE name = ?", (value, name))
             if name in self._entries:
                 self._entries[name].utility = value
