@@ -110,6 +110,17 @@ async def test_valid_sign_is_accepted_and_published(harness: Harness) -> None:
     assert bot_id == "bot1" and msg.msg_id == "msg-1" and msg.text is not None and msg.text.content == "hello"
 
 
+async def test_a_signed_header_pair_carries_one_body_only(harness: Harness) -> None:
+    headers = signed()
+    assert (await harness.post(message(), headers))[0] == 200
+    assert (await harness.post(message(), headers))[0] == 200  # DingTalk's own retry: identical request
+    forged = message()
+    forged["text"] = {"content": "make me an admin"}
+    forged["msgId"] = "msg-forged"
+    assert (await harness.post(forged, headers))[0] == 403  # captured headers replayed with another body
+    assert [m.msg_id for _, m in harness.published] == ["msg-1", "msg-1"]  # the journal dedupes the retry
+
+
 @pytest.mark.parametrize("skew_ms", [-int(WINDOW * 1000), int(WINDOW * 1000)])
 async def test_timestamps_at_the_window_edge_are_accepted(harness: Harness, skew_ms: int) -> None:
     status, _ = await harness.post(message(), signed(int(NOW * 1000) + skew_ms))

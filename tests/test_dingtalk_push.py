@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 import adapters.dingtalk as dingtalk
+from gateway.errors import ConfigError
 from gateway.messages import ChatKind, MarkdownPart, OutboundMessage, Target
 from tests.fakes.dingtalk_api import APP_KEY, APP_SECRET, FakeDingTalkAPI
 from tests.fakes.dingtalk_stream import FakeDingTalkStream
@@ -100,3 +102,10 @@ async def test_doctor_probe_fetches_each_robots_token_and_names_a_wrong_secret(a
         result = await adapter.check_credentials(http)
     assert result["good"] == ""
     assert "invalid" in result["bad"].lower()
+
+
+def test_two_entries_for_one_app_are_refused_with_the_key_path() -> None:
+    bots = {"a": {"client_id": APP_KEY, "client_secret_env": "DT_SECRET"}}
+    bots["b"] = dict(bots["a"])
+    with pytest.raises(ConfigError, match="same client_id"):
+        dingtalk.create({"enabled": True, "bots": bots}, DT_ENV)

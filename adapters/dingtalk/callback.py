@@ -7,8 +7,10 @@ an hour of our clock and `sign == base64(HMAC-SHA256(key=AppSecret, msg=f"{times
 
 The signature covers only the timestamp, not the body: whoever captures one signed request can replay its
 headers with any body for the rest of the window. We cannot fix the platform; the consequences are bounded
-instead: the window is configurable (`timestamp_window`), duplicate `msgId`s are dropped by the journal, and
-replies go only to DingTalk-hosted sessionWebhooks (`api.DingTalkApi.post_session_webhook`).
+instead: a signed header pair is accepted with one body only (a replay guard remembers the body's digest for
+the window; DingTalk's own retries resend the identical request), the window is configurable
+(`timestamp_window`), duplicate `msgId`s are dropped by the journal, and replies go only to DingTalk-hosted
+sessionWebhooks (`api.DingTalkApi.post_session_webhook`).
 
 Order of checks, cheapest and safest first: unknown bot → 404; headers, timestamp format, signature
 (constant time) and freshness → 403, before the body is read at all; body over the cap → 413; not JSON or
@@ -31,6 +33,7 @@ from pydantic import ValidationError
 from adapters.base import Handler
 from adapters.dingtalk.wire import BotMessage, parse_bot_message
 from adapters.httpio import read_bounded
+from adapters.wxcommon.replay import ReplayGuard
 from gateway.errors import BackpressureError
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,8 @@ def make_handler(
     """The aiohttp handler for ROUTE. `publish` runs only for verified, well-formed messages; when it
     returns, DingTalk gets 200 `{"msgtype":"empty"}` (the answer follows through the sessionWebhook)."""
 
+    replays = ReplayGuard(ttl=2 * timestamp_window)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         bot_id = request.match_info.get("bot_id", "")
         try:
@@ -121,6 +126,9 @@ def make_handler(
             body, too_large = await read_bounded(request.content, max_body_bytes)
             if too_large:
                 raise CallbackRejected(413, f"body larger than {max_body_bytes} bytes")
+            signed = f"{bot_id}\x1f{request.headers.get(TIMESTAMP_HEADER, '')}"
+            if not replays.admit(request.headers.get(SIGN_HEADER, ""), signed, body):
+                raise CallbackRejected(403, "signature reused with another body (replay)")
             message = parse_body(body, max_body_bytes)
         except CallbackRejected as exc:
             return _reject(bot_id, exc)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from adapters.secrets import resolve_secret
 
@@ -78,6 +78,17 @@ class DingTalkConfig(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValueError("must be an origin like https://api.dingtalk.com")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_entry_per_app(self) -> DingTalkConfig:
+        """Two entries with one AppKey would open two Stream connections for it: DingTalk would then split
+        the app's messages between them and each would be answered as a different bot."""
+        seen: dict[str, str] = {}
+        for bot_id, bot in self.bots.items():
+            if bot.client_id in seen:
+                raise ValueError(f"bots {seen[bot.client_id]!r} and {bot_id!r} use the same client_id")
+            seen[bot.client_id] = bot_id
+        return self
 
 
 @dataclass(frozen=True)
