@@ -94,7 +94,7 @@ async def test_doctor_probe_fetches_each_robots_token_and_names_a_wrong_secret(a
         "openapi_base": api.base_url,
         "bots": {
             "good": {"client_id": APP_KEY, "client_secret_env": "DT_SECRET"},
-            "bad": {"client_id": APP_KEY, "client_secret_env": "DT_WRONG"},
+            "bad": {"client_id": "dingappkey-unknown", "client_secret_env": "DT_WRONG"},
         },
     }
     adapter = dingtalk.create(cfg, {**DT_ENV, "DT_WRONG": APP_SECRET + "-wrong"})
