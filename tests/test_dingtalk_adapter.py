@@ -250,3 +250,34 @@ async def test_a_burst_of_100_messages_from_20_users_is_acked_fast_and_all_journ
     p50, p99 = statistics.median(latencies), latencies[98]
     print(f"stream ack latency over 100 messages: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     assert max(latencies) < 1.0
+
+
+async def test_stream_messages_are_journaled_even_while_draining_and_connections_show_in_metrics(
+    start: Factory, api: FakeDingTalkAPI, stream: FakeDingTalkStream
+) -> None:
+    async with start(section(api, stream)) as (runtime, _):
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{runtime.port}/metrics") as resp:
+            metrics = await resp.text()
+        assert 'switchboard_connection_up{adapter="dingtalk",connection="main"} 1.0' in metrics
+        assert 'switchboard_connection_events{adapter="dingtalk",connection="main",kind="connects"} 1.0' in metrics
+        runtime._accepting = False  # as during a drain: webhooks would get 503, but Stream messages are not redelivered
+        [frame_id] = stream.push_bots(APP_KEY, [api.bot_message("during the drain", msgId="m-drain")])
+        await wait_for(lambda: stream.acks(frame_id))
+        assert await inbound_count(runtime) == 1  # stored, and answered after the restart (resumed from the journal)
+        runtime._accepting = True
+
+
+async def test_a_reply_is_never_redirected_to_the_openapi_when_the_webhook_is_not_dingtalks(
+    start: Factory, api: FakeDingTalkAPI, stream: FakeDingTalkStream
+) -> None:
+    async with start(section(api, stream)) as (runtime, _):
+        forged = api.bot_message("hi", msgId="m-foreign", sessionWebhook="https://evil.example.com/robot/send?x=1")
+        stream.push_bots(APP_KEY, [forged])
+        dead: list[Any] = []
+        for _ in range(200):
+            dead = await runtime.outbox.dead_letters()
+            if dead:
+                break
+            await asyncio.sleep(0.05)
+    assert dead and "not DingTalk's" in dead[0].reason
+    assert api.robot_messages == [] and api.webhook_messages == []

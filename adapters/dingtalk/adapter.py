@@ -3,7 +3,8 @@
 Inbound bot messages are acked only after `host.publish` journaled them: DingTalk never redelivers a
 Stream bot message, so an ack for a message we did not store would lose it for good. Group messages
 that do not concern the robot are acked and dropped before anything is stored.
-Outbound: the asking message's sessionWebhook while it lives (markdown, @ the asker in groups); after
+Outbound: answers still being written after `stream_after` seconds stream into an AI card (cards.py); else
+the asking message's sessionWebhook while it lives (markdown, @ the asker in groups); after
 it expires, and for proactive pushes, the robot OpenAPI (`oToMessages/batchSend` for people,
 `groupMessages/send` for groups) with what each inbound message taught us about reaching that user or
 group (kept in adapter state for a year, so a push to "this group" works long after the last message).
@@ -27,6 +28,7 @@ import aiohttp
 from adapters.base import AdapterHost, AdapterState, ReplyStream, SendReceipt
 from adapters.dingtalk.api import DingTalkApi
 from adapters.dingtalk.callback import ROUTE, make_handler
+from adapters.dingtalk.cards import CardStreams, Space
 from adapters.dingtalk.config import DingTalkConfig, DingTalkSecrets
 from adapters.dingtalk.convert import (
     PLATFORM,
@@ -72,13 +74,16 @@ class DingTalkAdapter:
         self._host: AdapterHost | None = None
         self._probe_http: aiohttp.ClientSession | None = None
         self._apis = {
-            b: DingTalkApi(self._http, config.openapi_base, bot.client_id, secrets[b].client_secret)
+            b: DingTalkApi(
+                self._http, config.openapi_base, bot.client_id, secrets[b].client_secret, timeout=config.api_timeout
+            )
             for b, bot in config.bots.items()
         }
         self._stream_options = stream_options or {}
         self._links: dict[str, StreamConnection] = {}
         self._links_stop = asyncio.Event()
         self._sent: dict[str, deque[float]] = {}
+        self._cards = CardStreams(self._apis.__getitem__, self._state, config.card_updates_per_second, self._sent_now)
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -123,12 +128,14 @@ class DingTalkAdapter:
             )
             self._links[bot_id] = link
             host.spawn(link.run(self._links_stop), name=f"dingtalk-stream:{bot_id}")
+        self._cards.recover()  # AI cards a killed process left open
         self._started = True
 
     async def stop(self) -> None:
-        """Close the Stream connections (messages being stored get a moment to be journaled and acked)."""
+        """Close the Stream connections (messages being stored get a moment to be journaled and acked) and cards."""
+        await self._close_links()  # first: messages read meanwhile must still be journaled (no redelivery)
         self._started = False
-        await self._close_links()
+        await self._cards.close()
 
     async def _close_links(self) -> None:
         links, self._links = self._links, {}
@@ -140,10 +147,16 @@ class DingTalkAdapter:
         """Ready when every Stream robot has its live connection."""
         return self._started and all(link.is_connected for link in self._links.values())
 
-    def connection_counters(self) -> dict[str, dict[str, int]]:
-        """Per-robot Stream counters (connects, reconnects, messages, acks) for status pages and tests."""
+    def connection_stats(self) -> dict[str, dict[str, float]]:
+        """Per-robot Stream health for /metrics (adapters.base.ReportsConnections)."""
         return {
-            b: {"connects": x.connects, "reconnects": x.reconnects, "messages": x.messages, "acks": x.acks}
+            b: {
+                "up": 1.0 if x.is_connected else 0.0,
+                "connects": x.connects,
+                "reconnects": x.reconnects,
+                "messages": x.messages,
+                "acks": x.acks,
+            }
             for b, x in self._links.items()
         }
 
@@ -164,7 +177,7 @@ class DingTalkAdapter:
             except ValueError as exc:
                 log.warning("dingtalk bot %s: dropped an unusable message (%s)", bot_id, str(exc)[:200])
                 return
-            await self._accept(bot_id, message)
+            await self._accept(bot_id, message, refusable=False)
 
         return on_message
 
@@ -185,17 +198,21 @@ class DingTalkAdapter:
             accepting=accepting,
         )
 
-    async def _accept(self, bot_id: str, message: BotMessage) -> None:
-        """Journal a message that concerns the robot; raises when it could not be stored."""
+    async def _accept(self, bot_id: str, message: BotMessage, *, refusable: bool = True) -> None:
+        """Journal a message that concerns the robot; raises when it could not be stored.
+
+        Stream messages are never redelivered, so they are not refusable: stored even while the gateway
+        drains or its backlog is over the cap (then answered after the restart or once there is room).
+        """
         host = self._host
-        if host is None or not self._started:
+        if host is None or (refusable and not self._started):
             raise TransientSendError("not accepting", code="not_started")
         bot = self._config.bots[bot_id]
         if not should_answer(message, bot.group_policy, bot.group_policies):
             return
         received = datetime.fromtimestamp(self._clock(), UTC)
         msg = to_inbound(bot_id, message, received, robot_code=bot.code)
-        result = await host.publish(msg)
+        result = await host.publish(msg, refusable=refusable)
         if result.duplicate:
             return
         host.spawn(self._remember_reach(bot_id, msg), name=f"dingtalk-reach:{msg.platform_msg_id}")
@@ -250,17 +267,25 @@ class DingTalkAdapter:
         return out
 
     def open_stream(self, target: Target, idempotency_key: str) -> ReplyStream | None:
-        """No live view yet: answers arrive as one markdown message (AI cards are the next slice)."""
-        return None
+        """An AI card (cards.py) for replies still being written after `stream_after` s; DMs need a staffId."""
+        bot = self._config.bots.get(target.bot_id)
+        ref = parse_reply_ref(target.reply_ref)
+        if bot is None or not bot.card_template_id or ref is None or not (ref.is_group or ref.staff_id):
+            return None
+        space = Space(ref.robot_code or bot.code, ref.conversation_id or target.chat_id, ref.is_group, ref.staff_id)
+        return self._cards.open(target.bot_id, idempotency_key, bot.card_template_id, space, bot.stream_after)
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
-        """Through the asking message's sessionWebhook while it lives, else through the robot OpenAPI."""
+        """Into the reply's AI card if it has one, else the asking message's sessionWebhook, else the OpenAPI."""
         target = msg.target
         bot = self._config.bots.get(target.bot_id)
         if bot is None or target.platform != PLATFORM:
             raise PermanentSendError(f"no dingtalk robot {target.bot_id!r}", code="unknown_bot")
-        self._pace(target.chat_id)
         text = msg.text or " "
+        card = await self._cards.finalize(msg.idempotency_key, text)
+        if card is not None:
+            return SendReceipt(platform_msg_id=card)
+        self._pace(target.chat_id)
         ref = parse_reply_ref(target.reply_ref)
         api = self._apis[target.bot_id]
         if ref is not None and ref.webhook_alive(self._clock()):
@@ -270,6 +295,8 @@ class DingTalkAdapter:
                 self._sent_now(target.chat_id)
                 return SendReceipt()
             except SessionWebhookGone as exc:
+                if exc.code == "host":  # not DingTalk's URL: a forged message, never a reason to use the OpenAPI
+                    raise PermanentSendError(str(exc), code="foreign_webhook") from exc
                 log.info("dingtalk sessionWebhook of %s unusable (%s); using the OpenAPI", target.chat_id, exc)
         receipt = await self._send_openapi(target, ref, text, bot.code)
         self._sent_now(target.chat_id)
