@@ -102,6 +102,9 @@ class OutboundMessage(_Frozen):
     target: Target
     parts: tuple[Part, ...]
     idempotency_key: str
+    # The reply reports a failure (model or skill error) instead of an answer: adapters that show a
+    # status (streaming cards) show it as failed; everything else just sends the text.
+    failed: bool = False
 
     @property
     def text(self) -> str:

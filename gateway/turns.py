@@ -119,7 +119,7 @@ class TurnRunner:
         for entry in poisoned:  # alone, so messages merged with it still get a real answer
             log.error("giving up on inbound %s after %d attempts", entry.inbound_id, entry.attempts)
             self._metrics.turn_errors_total.labels(kind="poison").inc()
-            await self._commit(key, [entry], POISON_REPLY, ())
+            await self._commit(key, [entry], POISON_REPLY, (), failed=True)
         if not healthy:
             return
         ids = [e.inbound_id for e in healthy]
@@ -142,7 +142,7 @@ class TurnRunner:
             if answer.failed
             else (*(HistoryMessage("user", t) for t in texts), HistoryMessage("assistant", answer.text))
         )
-        await self._commit(key, healthy, answer.text, history_add)
+        await self._commit(key, healthy, answer.text, history_add, failed=answer.failed)
         if trace is not None and self._traces is not None:
             try:  # the answer is committed; a lost trace costs learning, never the reply
                 await self._traces.record(
@@ -179,13 +179,20 @@ class TurnRunner:
         return on_delta, on_progress
 
     async def _commit(
-        self, key: SessionKey, entries: Sequence[JournalEntry], text: str, history_add: tuple[HistoryMessage, ...]
+        self,
+        key: SessionKey,
+        entries: Sequence[JournalEntry],
+        text: str,
+        history_add: tuple[HistoryMessage, ...],
+        *,
+        failed: bool = False,
     ) -> None:
         last = entries[-1]
         reply = OutboundMessage(
             target=reply_target(last.message),
             parts=(MarkdownPart(text=text),),
             idempotency_key=reply_key(last.message, 0),
+            failed=failed,
         )
         now = self._clock()
         ids = tuple(e.inbound_id for e in entries)

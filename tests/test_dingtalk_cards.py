@@ -175,7 +175,7 @@ async def test_an_llm_failure_mid_stream_finalizes_the_card_once_with_the_error(
         await wait_for(lambda: api.cards and only_card(api).finished)
         await settled(api)
     card = only_card(api)
-    assert len(finals(card)) == 1 and card.flow_status == "3"
+    assert len(finals(card)) == 1 and card.flow_status == "5"  # shown as failed, with the honest error text
     assert "word" not in card.text(CONTENT_KEY) and "try again" in card.text(CONTENT_KEY)
     assert any("word" in s["content"] for s in card.streams)  # the partial answer was streamed first
     assert api.webhook_messages == [] and api.violations == []
@@ -272,6 +272,9 @@ async def test_an_orphaned_card_is_closed_as_interrupted_after_the_grace_period(
         await live.update("half an answer")
         await wait_for(lambda: api.cards and only_card(api).streams)
         kill_cards(adapter)
+    # An update the dead process had in flight lands (or not) long before the real 60 s grace ends; under
+    # a loaded test machine the fake may handle it late, so let it land before the shortened grace starts.
+    await settled(api, 0.5)
     monkeypatch.setattr(cards, "ORPHAN_GRACE", 0.5)
     async with boot(card_section(api, stream)):
         await asyncio.sleep(0.2)

@@ -282,7 +282,7 @@ class DingTalkAdapter:
         if bot is None or target.platform != PLATFORM:
             raise PermanentSendError(f"no dingtalk robot {target.bot_id!r}", code="unknown_bot")
         text = msg.text or " "
-        card = await self._cards.finalize(msg.idempotency_key, text)
+        card = await self._cards.finalize(msg.idempotency_key, text, failed=msg.failed)
         if card is not None:
             return SendReceipt(platform_msg_id=card)
         self._pace(target.chat_id)

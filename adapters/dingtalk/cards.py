@@ -180,7 +180,7 @@ class CardStreams:
             self._on_delivered(space.chat_id)
         await api.stream_card(record.track, CONTENT_KEY, text)
 
-    async def finalize(self, key: str, text: str) -> str | None:
+    async def finalize(self, key: str, text: str, *, failed: bool = False) -> str | None:
         """Write the answer into the reply's card and finish it; its outTrackId, or None: send markdown.
 
         Raises a transient SendError for the outbox to retry; a retry repeats only the steps not done.
@@ -192,11 +192,14 @@ class CardStreams:
             await stream.halt()  # first: the pump may be between creating the card and recording it
         async with self.lock_of(key):
             record = await self._load(key) or (stream.record if stream is not None else None)
-            done = await self._finish(key, record, text, stream.last_op if stream else 0.0) if record else None
+            last_op = stream.last_op if stream else 0.0
+            done = await self._finish(key, record, text, last_op, failed=failed) if record else None
         self._locks.pop(key, None)
         return done
 
-    async def _finish(self, key: str, record: CardRecord, text: str | None, last_op: float = 0.0) -> str | None:
+    async def _finish(
+        self, key: str, record: CardRecord, text: str | None, last_op: float = 0.0, *, failed: bool = False
+    ) -> str | None:
         """The answer `text` (None: whatever the card holds) → final; a card without it is closed as failed."""
         if record.phase in ("new", "closed"):
             return record.track if record.answered else None
@@ -214,7 +217,8 @@ class CardStreams:
                 return None
             await self._save(key, record, "final")
         try:
-            await api.update_card(record.track, {"flowStatus": FINISHED, **({CONTENT_KEY: text} if text else {})})
+            status = FAILED if failed else FINISHED  # an error reply shows as a failed card, its text kept
+            await api.update_card(record.track, {"flowStatus": status, **({CONTENT_KEY: text} if text else {})})
         except PermanentSendError as exc:  # the answer is shown all the same, the card still "typing"
             log.warning("dingtalk card %s holds its answer but was not marked finished: %s", record.track, exc)
         record.answered = True
