@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +39,7 @@ from adapters.dingtalk.convert import (
     to_inbound,
 )
 from adapters.dingtalk.errors import SessionWebhookGone
+from adapters.dingtalk.pacing import ConversationPacer
 from adapters.dingtalk.stream import StreamConnection
 from adapters.dingtalk.stream_frames import StreamMessage
 from adapters.dingtalk.wire import BotMessage, parse_bot_message
@@ -82,8 +82,8 @@ class DingTalkAdapter:
         self._stream_options = stream_options or {}
         self._links: dict[str, StreamConnection] = {}
         self._links_stop = asyncio.Event()
-        self._sent: dict[str, deque[float]] = {}
-        self._cards = CardStreams(self._apis.__getitem__, self._state, config.card_updates_per_second, self._sent_now)
+        self._pacer = ConversationPacer(config.messages_per_minute)
+        self._cards = CardStreams(self._apis.__getitem__, self._state, config.card_updates_per_second, self._pacer.sent)
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -285,21 +285,21 @@ class DingTalkAdapter:
         card = await self._cards.finalize(msg.idempotency_key, text, failed=msg.failed)
         if card is not None:
             return SendReceipt(platform_msg_id=card)
-        self._pace(target.chat_id)
+        self._pacer.check(target.chat_id)
         ref = parse_reply_ref(target.reply_ref)
         api = self._apis[target.bot_id]
         if ref is not None and ref.webhook_alive(self._clock()):
             at = ref.staff_id if ref.is_group and ref.staff_id else None
             try:
                 await api.post_session_webhook(ref.session_webhook, markdown_message(text, at_staff_id=at))
-                self._sent_now(target.chat_id)
+                self._pacer.sent(target.chat_id)
                 return SendReceipt()
             except SessionWebhookGone as exc:
                 if exc.code == "host":  # not DingTalk's URL: a forged message, never a reason to use the OpenAPI
                     raise PermanentSendError(str(exc), code="foreign_webhook") from exc
                 log.info("dingtalk sessionWebhook of %s unusable (%s); using the OpenAPI", target.chat_id, exc)
         receipt = await self._send_openapi(target, ref, text, bot.code)
-        self._sent_now(target.chat_id)
+        self._pacer.sent(target.chat_id)
         return receipt
 
     async def _send_openapi(self, target: Target, ref: ReplyRef | None, text: str, default_code: str) -> SendReceipt:
@@ -328,20 +328,3 @@ class DingTalkAdapter:
         except Exception:
             return {}
         return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-    def _pace(self, conversation_id: str) -> None:
-        """At most `messages_per_minute` per conversation: DingTalk throttles a robot 10 minutes past 20."""
-        window = self._sent.get(conversation_id)
-        now = time.monotonic()
-        if window is None:
-            return
-        while window and window[0] <= now - 60:
-            window.popleft()
-        if len(window) >= self._config.messages_per_minute:
-            raise RateLimited(f"pacing conversation {conversation_id}", code="paced", retry_after=window[0] + 60 - now)
-
-    def _sent_now(self, conversation_id: str) -> None:
-        self._sent.setdefault(conversation_id, deque()).append(time.monotonic())
-        if len(self._sent) > 10_000:  # forget idle conversations
-            cutoff = time.monotonic() - 60
-            self._sent = {c: w for c, w in self._sent.items() if w and w[-1] > cutoff}
