@@ -44,9 +44,10 @@ from adapters.dingtalk.stream import StreamConnection
 from adapters.dingtalk.stream_frames import StreamMessage
 from adapters.dingtalk.wire import BotMessage, parse_bot_message
 from adapters.tokens import probe_tokens
+from adapters.wxcommon.pieces import reply_pieces
 from adapters.wxcommon.text import shape_text
 from gateway.errors import PermanentSendError, RateLimited, TransientSendError
-from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMessage, Target
+from gateway.messages import ChatKind, InboundMessage, OutboundMessage, Target
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +257,9 @@ class DingTalkAdapter:
     # -- outbound --------------------------------------------------------------------------------
     def prepare(self, reply: OutboundMessage) -> list[OutboundMessage]:
         """Markdown kept (DingTalk renders it); split only above what one message carries."""
-        pieces = shape_text(reply.text, TEXT_LIMIT_BYTES, markdown=True) or [reply.text]
-        out = [reply.model_copy(update={"parts": (MarkdownPart(text=pieces[0]),)})]
-        out += [
-            reply.model_copy(
-                update={"parts": (MarkdownPart(text=p),), "idempotency_key": f"{reply.idempotency_key}.{i}"}
-            )
-            for i, p in enumerate(pieces[1:], 2)
-        ]
-        return out
+        return reply_pieces(
+            reply, shape_text(reply.text, TEXT_LIMIT_BYTES, markdown=True) or [reply.text], markdown=True
+        )
 
     def open_stream(self, target: Target, idempotency_key: str) -> ReplyStream | None:
         """An AI card (cards.py) for replies still being written after `stream_after` s; DMs need a staffId."""

@@ -30,9 +30,10 @@ from adapters.feishu.convert import PLATFORM, should_answer, split_reply_ref, to
 from adapters.feishu.ws import FeishuWsConnection, FeishuWsSettings
 from adapters.httpio import read_bounded
 from adapters.tokens import probe_tokens
+from adapters.wxcommon.pieces import reply_pieces
 from adapters.wxcommon.text import shape_text
 from gateway.errors import PermanentSendError, RateLimited, TransientSendError
-from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMessage, Target
+from gateway.messages import ChatKind, InboundMessage, OutboundMessage, Target
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +256,9 @@ class FeishuAdapter:
     # -- outbound --------------------------------------------------------------------------------
     def prepare(self, reply: OutboundMessage) -> list[OutboundMessage]:
         """Markdown kept (cards render it); split only above what one card carries."""
-        pieces = shape_text(reply.text, CARD_TEXT_LIMIT_BYTES, markdown=True) or [reply.text]
-        out = [reply.model_copy(update={"parts": (MarkdownPart(text=pieces[0]),)})]
-        out += [
-            reply.model_copy(
-                update={"parts": (MarkdownPart(text=p),), "idempotency_key": f"{reply.idempotency_key}.{i}"}
-            )
-            for i, p in enumerate(pieces[1:], 2)
-        ]
-        return out
+        return reply_pieces(
+            reply, shape_text(reply.text, CARD_TEXT_LIMIT_BYTES, markdown=True) or [reply.text], markdown=True
+        )
 
     def _in_thread(self, target: Target) -> tuple[str, bool]:
         message_id, in_thread = split_reply_ref(target.reply_ref)

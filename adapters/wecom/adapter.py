@@ -20,9 +20,10 @@ from adapters.wecom.aibot_wire import AIBotSettings
 from adapters.wecom.app import PLATFORM, ROUTE, WeComApps
 from adapters.wecom.config import WeComAIBotConfig, WeComAppConfig, WeComConfig, WeComSecrets
 from adapters.wecom.pacing import MemberPacer
+from adapters.wxcommon.pieces import reply_pieces
 from adapters.wxcommon.text import shape_text
 from gateway.errors import PermanentSendError, TransientSendError
-from gateway.messages import MarkdownPart, OutboundMessage, Target, TextPart
+from gateway.messages import OutboundMessage, Target
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,10 @@ class WeComAdapter:
         if isinstance(bot, WeComAIBotConfig):
             pieces = shape_text(reply.text, AIBOT_TEXT_LIMIT_BYTES, markdown=True) or [reply.text]
             # One stream per turn: the first piece finishes it, later ones go out proactively.
-            return _pieces(reply, pieces, markdown=True, stream=True)
+            return reply_pieces(reply, pieces, markdown=True, detach_later=True)
         markdown = isinstance(bot, WeComAppConfig) and bot.reply_format == "markdown"
-        return _pieces(reply, shape_text(reply.text, APP_TEXT_LIMIT_BYTES, markdown=markdown) or [reply.text], markdown)
+        pieces = shape_text(reply.text, APP_TEXT_LIMIT_BYTES, markdown=markdown) or [reply.text]
+        return reply_pieces(reply, pieces, markdown=markdown)
 
     def open_stream(self, target: Target, idempotency_key: str) -> ReplyStream | None:
         """AI bots stream the answer while it is written; apps cannot edit a sent message."""
@@ -119,26 +121,6 @@ class WeComAdapter:
         """Fetch each app's token (doctor); AI bots report their connection state instead."""
         self._probe_http = http  # no start(): a diagnostic must not open connections or mount routes
         return await probe_tokens({bot_id: c.tokens for bot_id, c in self._apps.clients.items()})
-
-
-def _pieces(
-    reply: OutboundMessage, pieces: list[str], markdown: bool, *, stream: bool = False
-) -> list[OutboundMessage]:
-    """The first piece keeps the reply's key (it finishes the stream opened under that key); on a
-    stream, later pieces drop the callback reference so they go out as proactive messages."""
-
-    def part(text: str) -> TextPart | MarkdownPart:
-        return MarkdownPart(text=text) if markdown else TextPart(text=text)
-
-    out = [reply.model_copy(update={"parts": (part(pieces[0] if pieces else reply.text),)})]
-    later_target = reply.target.model_copy(update={"reply_ref": ""}) if stream else reply.target
-    out += [
-        reply.model_copy(
-            update={"parts": (part(p),), "idempotency_key": f"{reply.idempotency_key}.{i}", "target": later_target}
-        )
-        for i, p in enumerate(pieces[1:], 2)
-    ]
-    return out
 
 
 def _with_welcome(settings: AIBotSettings, welcome: str) -> AIBotSettings:
