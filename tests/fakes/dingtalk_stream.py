@@ -168,15 +168,11 @@ class FakeDingTalkStream(ThreadedFake):
         self._count = 0
         self._bg: set[asyncio.Task[None]] = set()
 
-    async def _boot(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/connect", self._socket)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)  # recorded + failure injection, then `_route`
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self._requested_port).start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        return app
 
     @property
     def open_url(self) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import hashlib
 import json
 import signal
@@ -32,10 +31,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Literal, TypeAlias
 
 from aiohttp import web
+
+from tests.fakes.threaded import ThreadedServer
 
 __all__ = [
     "DelayReply",
@@ -141,8 +142,11 @@ def _embedding(text: str, dims: int) -> list[float]:
     return [round(v / norm, 6) for v in vec]
 
 
-class FakeLLM:
+class FakeLLM(ThreadedServer):
     """Fake OpenAI-compatible server: /v1/chat/completions, /v1/embeddings, /v1/models."""
+
+    thread_name = "fake-llm"
+    ready_timeout = None
 
     def __init__(
         self,
@@ -154,115 +158,37 @@ class FakeLLM:
         stream_chunk_chars: int = 4,
         max_recorded: int | None = None,
     ) -> None:
+        super().__init__(port=port)
         self.default: DefaultBehaviour = default
         self.model = model
         self.stream_chunk_chars = stream_chunk_chars
         self.stream_chunk_delay = 0.0  # seconds between streamed chunks
         self._latency = latency
-        self._requested_port = port
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: collections.deque[Reply] = collections.deque()
         self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._total_requests = 0
         self.abandoned_requests = 0  # delayed requests whose client hung up before the answer
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> FakeLLM:
-        if self._thread is not None:
-            raise RuntimeError("FakeLLM already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._boot())
-            except BaseException as exc:  # surfaced to start()'s caller
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-llm", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if errors:
-            self._thread.join()
-            self._thread = None
-            raise errors[0]
-        return self
-
-    async def _boot(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self._requested_port)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        return app
 
     def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
-        if loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._shutdown(runner), loop)
-            with contextlib.suppress(Exception):  # best effort: the loop is stopped below anyway
-                fut.result(timeout=10)
-        if loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = self._loop = self._runner = None
+        super().stop()
         with self._cond:
             self._cond.notify_all()
 
-    @staticmethod
-    async def _shutdown(runner: web.AppRunner | None) -> None:
-        if runner is not None:
-            await runner.cleanup()
-        # Handlers whose client went away (e.g. a timed-out DelayReply) may still be sleeping.
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def __enter__(self) -> FakeLLM:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ access
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeLLM not started")
-        return self._port
-
-    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{super().base_url}/v1"
 
     @property
     def latency(self) -> float:

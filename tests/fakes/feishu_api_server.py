@@ -7,20 +7,21 @@ test's thread or loop is blocked (lark-oapi does blocking HTTP). Subclasses impl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 
 from tests.fakes.feishu_api_model import ApiError, RecordedRequest
 from tests.fakes.feishu_api_state import Call, Reply, error_reply
+from tests.fakes.threaded import ThreadedServer
+
+__all__ = ["ThreadedFake", "ThreadedServer"]
 
 T = TypeVar("T")
 
@@ -41,21 +42,18 @@ class _Rule:
         return (self.method is None or self.method == method) and self.pattern.search(path) is not None
 
 
-class ThreadedFake:
-    """Catch-all HTTP server on its own thread; every request is recorded, then routed via `_route`."""
+class ThreadedFake(ThreadedServer):
+    """Catch-all HTTP server on its own thread (`ThreadedServer`); every request is recorded, then routed via
+    `_route`; `base_url` is lark-oapi's `domain` (plain http is allowed for loopback only)."""
 
     thread_name = "fake-http-api"
 
     def __init__(self, *, port: int = 0) -> None:
+        super().__init__(port=port)
         self._cond = threading.Condition()
         self._fails: list[_Rule] = []
         self._delays: list[_Rule] = []
         self._requests: list[RecordedRequest] = []
-        self._requested_port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     def now(self) -> float:
         return time.monotonic()
@@ -63,95 +61,10 @@ class ThreadedFake:
     def _route(self, call: Call) -> Reply:
         raise NotImplementedError
 
-    # ---- lifecycle -------------------------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            raise RuntimeError(f"{type(self).__name__} already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._boot())
-            except BaseException as exc:  # surfaced to start()'s caller
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=self.thread_name, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            self._thread.join()
-            self._thread = None
-            raise errors[0]
-        return self
-
-    async def _boot(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self._requested_port).start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
-
-        async def shutdown() -> None:
-            if runner is not None:
-                await runner.cleanup()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:  # handlers still sleeping in a delay
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        if loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = self._runner = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError(f"{type(self).__name__} not started")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """ "http://127.0.0.1:PORT": lark-oapi's `domain` (plain http is allowed for loopback only)."""
-        return f"http://127.0.0.1:{self.port}"
+        return app
 
     # ---- failure injection -----------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """A protocol-exact fake of Feishu's event long connection: the bootstrap endpoint plus the protobuf WebSocket.
 
-Runs on 127.0.0.1 (port 0) in its own thread with its own event loop, like `fake_llm`, so it keeps answering
+Runs on 127.0.0.1 (port 0) in its own thread with its own event loop (`ThreadedServer`), so it keeps answering
 (and keeps its redelivery clock) while the test's loop is busy. Frames are built and parsed with the SDK's
 own `lark_oapi.ws.pb.pbbp2_pb2.Frame`, imported in the fake's thread after its loop is set (lark's
 `ws/client.py` calls `asyncio.get_event_loop()` at import), independently of the adapter's typed codec.
@@ -36,10 +36,11 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.threaded import ThreadedServer
 
 __all__ = ["Ack", "ClientFrame", "FakeFeishuWs", "Knobs", "eventually", "message_event"]
 
@@ -161,10 +162,15 @@ async def eventually(predicate: Callable[[], object], within: float = 5.0, what:
         await asyncio.sleep(0.01)
 
 
-class FakeFeishuWs:
+class FakeFeishuWs(ThreadedServer):
     """The fake platform for one or more apps; every public method is safe to call from the test's thread."""
 
+    thread_name = "fake-feishu-ws"
+    ready_timeout = 60.0
+    not_ready_message = "fake Feishu long-connection server did not start"
+
     def __init__(self, apps: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.apps = dict(apps or {"cli_test": "test-secret"})
         self.service_ids = {app: 33554000 + i for i, app in enumerate(self.apps)}
         self.knobs = Knobs()
@@ -182,68 +188,26 @@ class FakeFeishuWs:
         self._count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._frame_cls: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> FakeFeishuWs:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            self._frame_cls = importlib.import_module("lark_oapi.ws.pb.pbbp2_pb2").Frame
-            loop.run_until_complete(self._boot())
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-feishu-ws", daemon=True)
-        self._thread.start()
-        if not ready.wait(60):
-            raise RuntimeError("fake Feishu long-connection server did not start")
-        return self
-
-    async def _boot(self) -> None:
+    def _make_app(self) -> web.Application:
+        # Imported in the fake's thread, with its loop running (lark's ws/client.py calls get_event_loop()).
+        self._frame_cls = importlib.import_module("lark_oapi.ws.pb.pbbp2_pb2").Frame
         self._app_up = {app: asyncio.Event() for app in self.apps}
         app = web.Application()
         app.router.add_post("/callback/ws/endpoint", self._bootstrap)
         app.router.add_get("/ws/v2", self._socket)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = self._thread = None
+        return app
 
     async def _shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def __enter__(self) -> FakeFeishuWs:
-        return self.start()
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+        await super()._shutdown()
 
     @property
     def domain(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return self.base_url
 
     # ---------------------------------------------------------------- inspection
     def frames(self, app_id: str | None = None, method: int | None = None) -> list[ClientFrame]:
@@ -321,7 +285,7 @@ class FakeFeishuWs:
         with self._lock:
             self._tickets[ticket] = app_id
         query = f"fpid=493&aid=552564&device_id={secrets.randbelow(10**18)}&access_key={secrets.token_hex(16)}"
-        url = f"ws://127.0.0.1:{self._port}/ws/v2?{query}&service_id={self.service_ids[app_id]}&ticket={ticket}"
+        url = f"ws://127.0.0.1:{self.port}/ws/v2?{query}&service_id={self.service_ids[app_id]}&ticket={ticket}"
         return web.json_response({"code": 0, "msg": "ok", "data": {"URL": url, "ClientConfig": knobs.client_config}})
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:

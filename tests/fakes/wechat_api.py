@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
 from aiohttp import web
 
+from tests.fakes.threaded import ThreadedServer
 from tests.fakes.wechat_crypto import OA_APPID, WECOM_AGENT_ID, WECOM_CORPID
 
 __all__ = ["OA_SECRET", "WECOM_SECRET", "Delivery", "FakeWeChatAPI", "RecordedRequest", "WeComApp"]
@@ -126,7 +125,7 @@ class _Rule:
     after: bool = False  # fail: process (deliver) first; delay: sleep after processing
 
 
-class FakeWeChatAPI:
+class FakeWeChatAPI(ThreadedServer):
     """OA + WeCom API fake; a context manager (sync and async).
 
     oa_apps: appid -> secret (default: the OA sample AppID with OA_SECRET); wecom_apps: one per
@@ -138,6 +137,8 @@ class FakeWeChatAPI:
     members (None: everyone); others come back in `invaliduser`. oa_bad_secret_errcode: 40125 (what
     /cgi-bin/token answers today) or 40001 (what older docs list for a wrong AppSecret).
     """
+
+    thread_name = "fake-wechat-api"
 
     def __init__(
         self,
@@ -155,6 +156,7 @@ class FakeWeChatAPI:
         oa_bad_secret_errcode: Literal[40125, 40001] = 40125,
         port: int = 0,
     ) -> None:
+        super().__init__(port=port)
         self.oa_apps = dict(oa_apps if oa_apps is not None else {OA_APPID: OA_SECRET})
         apps = wecom_apps if wecom_apps is not None else [WeComApp(WECOM_CORPID, WECOM_SECRET, WECOM_AGENT_ID)]
         self.wecom_apps = list(apps)
@@ -167,7 +169,6 @@ class FakeWeChatAPI:
         self.wecom_per_minute = wecom_per_minute
         self.wecom_per_hour = wecom_per_hour
         self.oa_bad_secret_errcode = oa_bad_secret_errcode
-        self._requested_port = port
         self._cond = threading.Condition()
         self._offset = 0.0
         self._tokens: dict[str, _Token] = {}
@@ -180,46 +181,10 @@ class FakeWeChatAPI:
         self._delays: list[_Rule] = []
         self._sends: list[Delivery] = []
         self._requests: list[RecordedRequest] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> FakeWeChatAPI:
-        if self._thread is not None:
-            raise RuntimeError("FakeWeChatAPI already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._boot())
-            except BaseException as exc:  # surfaced to start()'s caller
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-wechat-api", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            self._thread.join()
-            self._thread = None
-            raise errors[0]
-        return self
-
-    async def _boot(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application()
         routes: list[tuple[str, str, Callable[[RecordedRequest], Json]]] = [
             ("GET", "/cgi-bin/token", self._oa_token),
@@ -230,55 +195,7 @@ class FakeWeChatAPI:
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, self._endpoint(handler))
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self._requested_port)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
-
-        async def shutdown() -> None:
-            if runner is not None:
-                await runner.cleanup()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:  # handlers still sleeping in a delay
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        if loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = self._runner = None
-
-    def __enter__(self) -> FakeWeChatAPI:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeWeChatAPI:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
-    @property
-    def base_url(self) -> str:
-        """ "http://127.0.0.1:PORT" (both platforms' hosts)."""
-        if self._port is None:
-            raise RuntimeError("FakeWeChatAPI not started")
-        return f"http://127.0.0.1:{self._port}"
+        return app  # `base_url` (ThreadedServer) serves both platforms' hosts
 
     # ---- scripting -------------------------------------------------------------------------
 

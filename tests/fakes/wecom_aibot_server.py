@@ -1,6 +1,6 @@
 """A protocol-exact fake of the WeCom AI-bot long-connection server (wss://openws.work.weixin.qq.com).
 
-Runs on 127.0.0.1 (port 0) in its own thread with its own event loop, like `fake_llm`, so it keeps
+Runs on 127.0.0.1 (port 0) in its own thread with its own event loop (`ThreadedServer`), so it keeps
 answering while the test's loop is busy. Speaks the JSON frames of WecomTeam/aibot-node-sdk
 (`src/ws.ts`, `src/types/*.ts`; see `adapters/wecom/aibot_wire.py` for the sources):
 
@@ -27,10 +27,11 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.threaded import ThreadedServer
 
 MAX_CONTENT_BYTES = 20480
 ERR_BAD_CREDENTIALS = 40001
@@ -154,10 +155,14 @@ async def eventually(predicate: Callable[[], bool], within: float = 5.0, what: s
         await asyncio.sleep(0.01)
 
 
-class FakeAIBotServer:
+class FakeAIBotServer(ThreadedServer):
     """The fake server; every public method is safe to call from the test's thread."""
 
+    thread_name = "fake-wecom-aibot"
+    not_ready_message = "fake WeCom AI-bot server did not start"
+
     def __init__(self, *, bot_id: str = "test-bot", secret: str = "test-secret") -> None:
+        super().__init__()
         self.bot_id = bot_id
         self.secret = secret
         self.knobs = _Knobs()
@@ -170,65 +175,22 @@ class FakeAIBotServer:
         self._conns = 0
         self._current: _Conn | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> FakeAIBotServer:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self._boot())
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-wecom-aibot", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake WeCom AI-bot server did not start")
-        return self
-
-    async def _boot(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = self._thread = None
+        return app
 
     async def _shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def __enter__(self) -> FakeAIBotServer:
-        return self.start()
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+        await super()._shutdown()
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self._port}/"
+        return f"ws://127.0.0.1:{self.port}/"
 
     # ---------------------------------------------------------------- inspection
     def frames(self, cmd: str | None = None, req_id: str | None = None) -> list[Frame]:
