@@ -27,6 +27,7 @@ from gateway.host import RuntimeHost
 from gateway.housekeeping import run_housekeeping
 from gateway.http import build_app
 from gateway.looplag import monitor_event_loop_lag
+from gateway.memory_runtime import MemoryRuntime, open_memory
 from gateway.messages import Target
 from gateway.metrics import Metrics
 from gateway.replies import ReplyChannels
@@ -39,7 +40,6 @@ from gateway.store.sqlite_db import SqliteDatabase
 from gateway.store.sqlite_journal import SqliteJournal
 from gateway.store.sqlite_kv import SqliteKeyValueStore
 from gateway.store.sqlite_ledger import SqliteTurnLedger
-from gateway.store.sqlite_memory import SqliteMemoryStore
 from gateway.store.sqlite_outbox import SqliteOutbox
 from gateway.store.sqlite_traces import SqliteTraceStore
 from gateway.tasks import TaskTracker
@@ -155,6 +155,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._memory: MemoryRuntime | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -190,13 +191,18 @@ class Runtime:
             self.tasks.spawn(self.turn_limit.run(self._stop), "turn-limit")
         self.tasks.spawn(self._warm_up_llm(), "llm-warm-up")
         if self.settings.agent.enabled:
+            from agent_core.router import WordLlamaEmbedder
+
+            embedder = WordLlamaEmbedder()  # one model (~80 MB) for skill routing and memory recall
+            self._memory = await open_memory(self.db, self.settings.storage.data_dir, embedder, self.tasks.spawn)
             self.responder.target = await build_skill_responder(
                 self.settings,
                 self._env,
                 self.llm,
                 self.tasks.spawn,
                 self._stop,
-                memory=SqliteMemoryStore(self.db),
+                memory=self._memory.store,
+                embedder=embedder,
                 outcomes=self.traces.skill_outcomes,
                 audit=self.traces.record_run,
             )
@@ -349,6 +355,9 @@ class Runtime:
             await self._runner.cleanup()
             self._runner = None
         await self.tasks.cancel_all()
+        if self._memory is not None:
+            await self._memory.close()
+            self._memory = None
         await self.llm.close()
         if self._http is not None:
             await self._http.close()

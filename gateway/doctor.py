@@ -24,7 +24,11 @@ class Check:
 
 
 def check_sqlite_vec() -> Check:
-    """sqlite-vec needs a SQLite build that can load extensions (the stdlib one here often cannot)."""
+    """sqlite-vec needs a SQLite build that can load extensions (the stdlib one here often cannot).
+
+    It indexes the users' memory notes (gateway/store/note_vectors.py); without it the service runs
+    and recalls notes by recency, hence a warning and not a failure.
+    """
     try:
         import sqlite_vec
 
@@ -39,8 +43,12 @@ def check_sqlite_vec() -> Check:
         vec_version = conn.execute("select vec_version()").fetchone()[0]
         conn.close()
     except Exception as exc:
-        return Check("FAIL", "sqlite-vec", f"cannot load on this Python: {type(exc).__name__}: {exc}")
-    return Check("ok", "sqlite-vec", f"loadable ({vec_version}, via {driver.__name__})")
+        return Check(
+            "warn",
+            "sqlite-vec",
+            f"cannot load on this Python ({type(exc).__name__}: {exc}): memory notes are recalled by recency only",
+        )
+    return Check("ok", "sqlite-vec", f"loadable ({vec_version}, via {driver.__name__}): memory recall by meaning")
 
 
 async def check_storage(settings: Settings) -> list[Check]:

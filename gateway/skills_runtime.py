@@ -156,6 +156,7 @@ async def keep_router_current(
     stop: asyncio.Event,
     on_change: Callable[[], None],
     outcomes: Outcomes | None = None,
+    embedder: Any = "default",
 ) -> None:
     """Build the index off the loop, then follow library changes (also those made by the CLI) and,
     every few minutes, feed the skills' run outcomes into the router's utility prior."""
@@ -164,7 +165,7 @@ async def keep_router_current(
 
     def build() -> tuple[SkillRouter, int]:
         ensure_seeds(library)
-        router = SkillRouter(db_path)
+        router = SkillRouter(db_path, embedder=embedder)
         revision = library.revision()
         sync_router(library, router)
         return router, revision
@@ -207,6 +208,7 @@ async def build_skill_responder(
     memory: MemoryStore | None = None,
     outcomes: Outcomes | None = None,
     audit: RunAudit | None = None,
+    embedder: Any = "default",
 ) -> SkillResponder:
     """The skill agent with its library, router (built in the background), sandbox and the users' memory."""
     from agent_core.agent.confirm import Confirmations
@@ -220,7 +222,9 @@ async def build_skill_responder(
     confirmations = Confirmations()
     source = LibrarySource(library)
     spawn(
-        keep_router_current(library, lazy, data / "skill_router.sqlite3", stop, source.invalidate, outcomes),
+        keep_router_current(
+            library, lazy, data / "skill_router.sqlite3", stop, source.invalidate, outcomes, embedder=embedder
+        ),
         "skill-router",
     )
     envs = SkillEnvCache(data / "skill_envs")

@@ -52,6 +52,10 @@ class MemoryStore(Protocol):
         """The user's newest `limit` notes, oldest first (newest last), the order a prompt reads them in."""
         ...
 
+    async def relevant(self, user_key: str, query: str, limit: int) -> list[MemoryNote]:
+        """The user's notes closest in meaning to `query`, closest first; [] where there is no semantic index."""
+        ...
+
     async def forget(self, user_key: str, note_id: int) -> bool:
         """Whether a note was deleted; another user's note id is treated as unknown."""
         ...

@@ -112,12 +112,19 @@ class BrokenStore:
     async def recent(self, user_key: str, limit: int) -> list[MemoryNote]:
         raise sqlite3.OperationalError("disk I/O error")
 
+    async def relevant(self, user_key: str, query: str, limit: int) -> list[MemoryNote]:
+        raise sqlite3.OperationalError("disk I/O error")
+
     async def forget(self, user_key: str, note_id: int) -> bool:
         raise sqlite3.OperationalError("disk I/O error")
 
 
 class HangingStore(BrokenStore):
     async def recent(self, user_key: str, limit: int) -> list[MemoryNote]:
+        await asyncio.sleep(3600)
+        return []
+
+    async def relevant(self, user_key: str, query: str, limit: int) -> list[MemoryNote]:
         await asyncio.sleep(3600)
         return []
 
@@ -130,6 +137,26 @@ async def test_a_failing_store_costs_the_notes_but_not_the_turn(fake_llm: FakeLL
     assert "memory: OperationalError" in trace.errors
     assert tool_result(fake_llm).startswith("ERROR: the tool failed (OperationalError)")
     assert BEGIN not in system_prompt(fake_llm)
+
+
+class RecallBrokenStore(SqliteMemoryStore):
+    """Notes are fine, the recall index is not."""
+
+    async def relevant(self, user_key: str, query: str, limit: int) -> list[MemoryNote]:
+        raise sqlite3.OperationalError("vector index is corrupt")
+
+
+async def test_a_failing_recall_index_still_shows_the_newest_notes(
+    fake_llm: FakeLLM, llm: LiteLLMClient, store: SqliteMemoryStore
+) -> None:
+    note = await store.add("alice", NOTE, now=1.0)
+    assert note is not None
+    broken = RecallBrokenStore(store._db)
+    agent = SkillAgent(llm, Library(), None, Runner(), memory=broken)
+    fake_llm.enqueue("你好")
+    _, trace = await agent.answer([], ["hello"], TurnContext(user_key="alice"))
+    assert f"[{note.id}] {NOTE}" in system_prompt(fake_llm)
+    assert trace.errors == ["memory recall: OperationalError"]
 
 
 async def test_a_hanging_store_is_given_up_on(

@@ -16,6 +16,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 PROMPT_NOTES = 20  # newest notes shown per turn
+RELATED_NOTES = 5  # plus up to this many older notes closest in meaning to the user's message
 PROMPT_CHARS = 2000  # and at most this much of them, so memory never crowds out the conversation
 LOAD_SECONDS = 5.0  # a slow store costs the turn its notes, not its answer
 
@@ -50,6 +51,10 @@ class MemoryPort(Protocol):
         """The newest `limit` notes, oldest first."""
         ...
 
+    async def relevant(self, user_key: str, query: str, limit: int) -> Sequence[NoteView]:
+        """The user's notes closest in meaning to `query`, closest first ([] if the store cannot tell)."""
+        ...
+
     async def forget(self, user_key: str, note_id: int) -> bool:
         """Whether the user's note was deleted (another user's id counts as unknown)."""
         ...
@@ -79,15 +84,34 @@ def _inert(text: str) -> str:
 _NO_BRACKETS = str.maketrans({"<": "‹", ">": "›"})
 
 
-async def load_memory_section(memory: MemoryPort | None, user_key: str, errors: list[str]) -> str:
-    """The user's notes for the prompt; a failing or slow store is logged, noted in `errors`, and gives ""."""
+async def load_memory_section(memory: MemoryPort | None, user_key: str, errors: list[str], query: str = "") -> str:
+    """The user's notes for the prompt; a failing or slow store is logged, noted in `errors`, and gives "".
+
+    The newest notes, plus the older ones closest in meaning to this message: a user with 200 notes
+    asking about the database should see the note about the database from three months ago. Related
+    notes go last, which is where `memory_section` keeps notes first when the budget is tight.
+    """
     if memory is None:
         return ""
     try:
         async with asyncio.timeout(LOAD_SECONDS):
-            notes = await memory.recent(user_key, PROMPT_NOTES)
+            recent, related = await asyncio.gather(
+                memory.recent(user_key, PROMPT_NOTES), _related(memory, user_key, query, errors)
+            )
     except Exception as exc:  # memory is a nicety: the turn must go on without it
         log.warning("could not load memory notes; the turn continues without them", exc_info=True)
         errors.append(f"memory: {type(exc).__name__}")
         return ""
-    return memory_section(notes)
+    shown = {n.id for n in recent}
+    older = [n for n in related if n.id not in shown]
+    return memory_section([*recent, *reversed(older)])
+
+
+async def _related(memory: MemoryPort, user_key: str, query: str, errors: list[str]) -> Sequence[NoteView]:
+    """Recall by meaning is an extra: when only it fails, the newest notes are still shown."""
+    try:
+        return await memory.relevant(user_key, query, RELATED_NOTES)
+    except Exception as exc:
+        log.warning("could not recall related memory notes; showing the newest only", exc_info=True)
+        errors.append(f"memory recall: {type(exc).__name__}")
+        return []

@@ -107,7 +107,7 @@ class SkillAgent:
         query = "\n\n".join(user_texts)
         trace = TurnTrace(query=query)
         (trace.offered, lines), notes = await asyncio.gather(
-            self._offer(query), load_memory_section(self._memory, ctx.user_key, trace.errors)
+            self._offer(query), load_memory_section(self._memory, ctx.user_key, trace.errors, query)
         )
         messages = [
             ChatMessage(role="system", content=self._system(lines, notes)),

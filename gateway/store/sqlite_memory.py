@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
+from gateway.store.note_vectors import NoteVectors
 from gateway.store.sqlite_db import SqliteDatabase
 from sessions.memory import MAX_NOTE_CHARS, MAX_NOTES_PER_USER, MemoryNote, clean_note, dedupe_key
 
 _COLUMNS = "id, user_key, text, created_at, source"
+log = logging.getLogger(__name__)
 
 
 def _note(row: tuple[int, str, str, float, str]) -> MemoryNote:
@@ -19,9 +22,15 @@ class SqliteMemoryStore:
     one user can neither store a note twice nor overshoot the cap."""
 
     def __init__(
-        self, db: SqliteDatabase, *, max_notes: int = MAX_NOTES_PER_USER, max_chars: int = MAX_NOTE_CHARS
+        self,
+        db: SqliteDatabase,
+        *,
+        vectors: NoteVectors | None = None,
+        max_notes: int = MAX_NOTES_PER_USER,
+        max_chars: int = MAX_NOTE_CHARS,
     ) -> None:
         self._db = db
+        self._vectors = vectors  # None: recall is by recency only
         self._max_notes = max_notes
         self._max_chars = max_chars
 
@@ -31,22 +40,64 @@ class SqliteMemoryStore:
             raise ValueError("a note cannot be empty")
         cap = self._max_notes
 
-        def op(conn: sqlite3.Connection) -> MemoryNote | None:
+        def op(conn: sqlite3.Connection) -> tuple[MemoryNote | None, list[int]]:
             cur = conn.execute(
                 "INSERT INTO user_memory (user_key, text, norm, created_at, source) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_key, norm) DO NOTHING",
                 (user_key, cleaned, dedupe_key(cleaned), now, source),
             )
             if cur.rowcount == 0 or cur.lastrowid is None:
-                return None
-            conn.execute(
+                return None, []
+            note = MemoryNote(id=cur.lastrowid, user_key=user_key, text=cleaned, created_at=now, source=source)
+            evicted = conn.execute(
                 "DELETE FROM user_memory WHERE user_key = ? AND id NOT IN"
-                " (SELECT id FROM user_memory WHERE user_key = ? ORDER BY id DESC LIMIT ?)",
+                " (SELECT id FROM user_memory WHERE user_key = ? ORDER BY id DESC LIMIT ?) RETURNING id",
                 (user_key, user_key, cap),
-            )
-            return MemoryNote(id=cur.lastrowid, user_key=user_key, text=cleaned, created_at=now, source=source)
+            ).fetchall()
+            return note, [int(r[0]) for r in evicted]
 
-        return await self._db.write(op)
+        note, evicted = await self._db.write(op)
+        if note is not None and self._vectors is not None:
+            await self._sync_vectors(user_key, [(note.id, note.text)], evicted)
+        return note
+
+    async def _sync_vectors(self, user_key: str, added: list[tuple[int, str]], dropped: list[int]) -> None:
+        """The note is committed either way: an index that could not follow is caught up by `reconcile_vectors`."""
+        assert self._vectors is not None
+        try:
+            await self._vectors.drop(dropped)
+            await self._vectors.put(user_key, added)
+        except Exception:
+            log.warning("memory recall index not updated; the next start reconciles it", exc_info=True)
+
+    async def relevant(self, user_key: str, query: str, limit: int) -> list[MemoryNote]:
+        """The user's notes closest in meaning to `query`, closest first ([] without a vector index)."""
+        if self._vectors is None or limit <= 0:
+            return []
+        ids = await self._vectors.nearest(user_key, query, limit)
+        if not ids:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[MemoryNote]:
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM user_memory WHERE user_key = ? AND id IN ({marks})", (user_key, *ids)
+            ).fetchall()
+            return [_note(r) for r in rows]
+
+        # The user filter is checked again here: the index is derived data and may hold stale ids.
+        found = {n.id: n for n in await self._db.read(op)}
+        return [found[i] for i in ids if i in found]
+
+    async def reconcile_vectors(self) -> tuple[int, int]:
+        """Bring the vector index in line with the stored notes (a start-up job); (indexed, dropped)."""
+        if self._vectors is None:
+            return 0, 0
+
+        def op(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+            return [(int(i), u, t) for i, u, t in conn.execute("SELECT id, user_key, text FROM user_memory")]
+
+        return await self._vectors.reconcile(await self._db.read(op))
 
     async def recent(self, user_key: str, limit: int) -> list[MemoryNote]:
         def op(conn: sqlite3.Connection) -> list[MemoryNote]:
@@ -63,7 +114,10 @@ class SqliteMemoryStore:
             cur = conn.execute("DELETE FROM user_memory WHERE id = ? AND user_key = ?", (note_id, user_key))
             return cur.rowcount > 0
 
-        return await self._db.write(op)
+        gone: bool = await self._db.write(op)
+        if gone and self._vectors is not None:
+            await self._sync_vectors(user_key, [], [note_id])
+        return gone
 
     async def count(self, user_key: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
