@@ -19,6 +19,7 @@ PROMPT_NOTES = 20  # newest notes shown per turn
 RELATED_NOTES = 5  # plus up to this many older notes closest in meaning to the user's message
 PROMPT_CHARS = 2000  # and at most this much of them, so memory never crowds out the conversation
 LOAD_SECONDS = 5.0  # a slow store costs the turn its notes, not its answer
+RECALL_SECONDS = 2.0  # a slow recall index costs only the related notes
 
 BEGIN = "<<<BEGIN USER NOTES>>>"
 END = "<<<END USER NOTES>>>"
@@ -103,15 +104,18 @@ async def load_memory_section(memory: MemoryPort | None, user_key: str, errors: 
         errors.append(f"memory: {type(exc).__name__}")
         return ""
     shown = {n.id for n in recent}
-    older = [n for n in related if n.id not in shown]
+    older = [n for n in related if n.id not in shown][:RELATED_NOTES]
     return memory_section([*recent, *reversed(older)])
 
 
 async def _related(memory: MemoryPort, user_key: str, query: str, errors: list[str]) -> Sequence[NoteView]:
     """Recall by meaning is an extra: when only it fails, the newest notes are still shown."""
     try:
-        return await memory.relevant(user_key, query, RELATED_NOTES)
+        async with asyncio.timeout(RECALL_SECONDS):
+            # Ask past the newest notes: those are shown anyway and must not use up the related slots.
+            found = await memory.relevant(user_key, query, PROMPT_NOTES + RELATED_NOTES)
     except Exception as exc:
         log.warning("could not recall related memory notes; showing the newest only", exc_info=True)
         errors.append(f"memory recall: {type(exc).__name__}")
         return []
+    return found

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,9 @@ F32 = npt.NDArray[np.float32]
 
 class TextEmbedder(Protocol):
     """agent_core.router.Embedder, as far as recall needs it."""
+
+    @property
+    def name(self) -> str: ...
 
     @property
     def dim(self) -> int: ...
@@ -56,8 +59,27 @@ def _connect(path: Path) -> Any:
     except Exception as exc:  # AttributeError where the driver was built without extension loading
         conn.close()
         raise VectorsUnavailable(f"sqlite-vec does not load via {driver.__name__}: {exc}") from exc
-    conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except Exception:  # e.g. "file is not a database": the caller may set the file aside and retry
+        conn.close()
+        raise
     return conn
+
+
+def _prepare(conn: Any, embedder: TextEmbedder) -> None:
+    """Create the table; vectors of another model (or size) are dropped, and `reconcile` re-embeds the notes."""
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+    model = f"{embedder.name}/{embedder.dim}"
+    if row is not None and row[0] != model:
+        conn.execute("DROP TABLE IF EXISTS note_vectors")
+    conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS note_vectors USING vec0("
+        f"note_id INTEGER PRIMARY KEY, user_key TEXT PARTITION KEY, embedding float[{embedder.dim}]"
+        " distance_metric=cosine)"
+    )
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embedder', ?)", (model,))
 
 
 def _unit(rows: F32) -> F32:
@@ -73,6 +95,13 @@ class NoteVectors:
         self._conn = conn
         self._embedder = embedder
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+        # Until the model is loaded, recall answers [] rather than make a turn wait for the load.
+        self.ready = False
+
+    async def warm_up(self) -> None:
+        """Load the embedding model off the loop; recall starts answering once it is in."""
+        await asyncio.to_thread(self._embedder.embed, ["warm up"])
+        self.ready = True
 
     @classmethod
     async def open(cls, path: Path, embedder: TextEmbedder) -> NoteVectors:
@@ -80,11 +109,11 @@ class NoteVectors:
 
         def build() -> Any:
             conn = _connect(path)
-            conn.execute(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS note_vectors USING vec0("
-                f"note_id INTEGER PRIMARY KEY, user_key TEXT PARTITION KEY, embedding float[{embedder.dim}]"
-                " distance_metric=cosine)"
-            )
+            try:
+                _prepare(conn, embedder)
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         return cls(await asyncio.to_thread(build), embedder)
@@ -125,8 +154,8 @@ class NoteVectors:
         await asyncio.to_thread(op)
 
     async def nearest(self, user_key: str, query: str, k: int) -> list[int]:
-        """Ids of the user's `k` notes closest in meaning to `query`, closest first."""
-        if k <= 0 or not query.strip():
+        """Ids of the user's `k` notes closest in meaning to `query`, closest first ([] until `warm_up`)."""
+        if k <= 0 or not query.strip() or not self.ready:
             return []
 
         def op() -> list[int]:
@@ -141,11 +170,12 @@ class NoteVectors:
 
         return await asyncio.to_thread(op)
 
-    async def reconcile(self, notes: Sequence[tuple[int, str, str]]) -> tuple[int, int]:
-        """Make the index hold exactly `notes` (id, user_key, text): returns (indexed, dropped).
+    async def reconcile(self, load_notes: Callable[[], Awaitable[Sequence[tuple[int, str, str]]]]) -> tuple[int, int]:
+        """Make the index hold exactly the notes (id, user_key, text) `load_notes` returns: (indexed, dropped).
 
         Catches up after a crash between a note's commit and its vector, notes written before this
-        index existed, and an index file that was deleted.
+        index existed, an index file that was deleted or replaced, and vectors filed under the wrong
+        user. The index is read before the notes, so a note added meanwhile is never taken for stale.
         """
 
         def indexed() -> dict[int, str]:
@@ -154,6 +184,7 @@ class NoteVectors:
             return {int(r[0]): str(r[1]) for r in rows}
 
         have = await asyncio.to_thread(indexed)
+        notes = await load_notes()
         owner = {n[0]: n[1] for n in notes}
         stale = [i for i, user in have.items() if owner.get(i) != user]  # deleted, or filed under the wrong user
         await self.drop(stale)

@@ -85,8 +85,11 @@ class SqliteMemoryStore:
             ).fetchall()
             return [_note(r) for r in rows]
 
-        # The user filter is checked again here: the index is derived data and may hold stale ids.
+        # The user filter is checked again here: the index is derived data and may hold stale ids
+        # (a note deleted while the index was being rebuilt); those are dropped so they stop taking slots.
         found = {n.id: n for n in await self._db.read(op)}
+        if stale := [i for i in ids if i not in found]:
+            await self._sync_vectors(user_key, [], stale)
         return [found[i] for i in ids if i in found]
 
     async def reconcile_vectors(self) -> tuple[int, int]:
@@ -97,7 +100,10 @@ class SqliteMemoryStore:
         def op(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
             return [(int(i), u, t) for i, u, t in conn.execute("SELECT id, user_key, text FROM user_memory")]
 
-        return await self._vectors.reconcile(await self._db.read(op))
+        async def notes() -> list[tuple[int, str, str]]:
+            return await self._db.read(op)
+
+        return await self._vectors.reconcile(notes)
 
     async def recent(self, user_key: str, limit: int) -> list[MemoryNote]:
         def op(conn: sqlite3.Connection) -> list[MemoryNote]:
