@@ -20,13 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from adapters.webhook.signing import SignatureError, signed_headers, verify
+from tests.fakes.threaded import ThreadedServer
 
 CALLBACK_PATH = "/callback"
 
@@ -57,7 +57,7 @@ class Reply:
 Policy = Callable[[str, dict[str, Any]], Reply | None]
 
 
-class CallbackReceiver:
+class CallbackReceiver(ThreadedServer):
     """A signature-checking callback endpoint on 127.0.0.1:<free port>, served from a private thread.
 
     `secret` is one bot's secret, or a mapping bot_id -> secret (chosen by the body's `bot_id`).
@@ -67,6 +67,8 @@ class CallbackReceiver:
     hard case "the platform got it but the ack was lost".
     """
 
+    thread_name = "callback-receiver"
+
     def __init__(
         self,
         secret: bytes | Mapping[str, bytes],
@@ -74,6 +76,7 @@ class CallbackReceiver:
         window: float = 300.0,
         policy: Policy | None = None,
     ) -> None:
+        super().__init__()
         self._secret = secret
         self._window = window
         self._policy = policy
@@ -82,79 +85,25 @@ class CallbackReceiver:
         self._deliveries: list[Delivery] = []
         self._bad: list[tuple[str, bytes]] = []
         self._script: deque[Reply] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
         self.url = ""
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    # ---- lifecycle (ThreadedServer runs it) ---------------------------------------------------
 
-    def start(self) -> CallbackReceiver:
-        """Start the server thread and wait until it listens; sets `.url`."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as exc:  # surfaced to start()
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="callback-receiver", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or failure:
-            raise RuntimeError(f"callback receiver failed to start: {failure[:1]}")
-        return self
-
-    async def _serve(self) -> None:
-        self._stopping = asyncio.Event()
+    def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(CALLBACK_PATH, self._handle)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}{CALLBACK_PATH}"
+        return app
 
-    def stop(self) -> None:
-        """Stop the server and its thread (idempotent). Pending scripted delays are cut short."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
+    async def _boot(self) -> None:
+        self._stopping = asyncio.Event()
+        await super()._boot()
+        self.url = f"{self.base_url}{CALLBACK_PATH}"
 
-        async def shutdown() -> None:
-            if self._stopping is not None:
-                self._stopping.set()
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
-            self._loop = self._thread = None
-
-    def __enter__(self) -> CallbackReceiver:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    async def _shutdown(self) -> None:
+        if self._stopping is not None:  # pending scripted delays are cut short
+            self._stopping.set()
+        await super()._shutdown()
 
     # ---- scripting -------------------------------------------------------------------------
 
