@@ -118,6 +118,9 @@ async def test_a_signed_header_pair_carries_one_body_only(harness: Harness) -> N
     forged["text"] = {"content": "make me an admin"}
     forged["msgId"] = "msg-forged"
     assert (await harness.post(forged, headers))[0] == 403  # captured headers replayed with another body
+    for space in ("\u00a0", "\u3000", "\u2009", "\u0085"):  # the same sign, "varied" by a Unicode space
+        varied = {**headers, "sign": headers["sign"] + space}
+        assert (await harness.post(forged, varied))[0] == 403, repr(space)
     assert [m.msg_id for _, m in harness.published] == ["msg-1", "msg-1"]  # the journal dedupes the retry
 
 

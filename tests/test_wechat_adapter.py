@@ -331,4 +331,9 @@ async def test_a_leaked_plain_mode_url_cannot_carry_another_body(
         forged_body = request.body.replace(b"real", b"evil")
         forged = dataclasses.replace(request, body=forged_body)
         assert (await driver.deliver(forged, retries=0)).status == 403
+        # The hex signature is checked case-insensitively; an upper-cased copy is the same signed query.
+        sig = request.query["signature"]
+        upper = dataclasses.replace(forged, url=request.url.replace(sig, sig.upper()))
+        assert sig.upper() != sig and sig.upper() in upper.url
+        assert (await driver.deliver(upper, retries=0)).status == 403
     assert len(fake_llm.chat_requests()) == 1

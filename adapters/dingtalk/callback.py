@@ -73,7 +73,9 @@ def verify_headers(headers: Mapping[str, str], secret: str, *, now: float, windo
     if _TIMESTAMP_RE.fullmatch(timestamp) is None:
         raise CallbackRejected(403, "timestamp is not integer milliseconds")
     expected = signature(timestamp, secret).encode("ascii")
-    if not hmac.compare_digest(expected, sent.strip().encode("utf-8", "replace")):
+    # Exact bytes: no .strip(), which also removes Unicode spaces that HTTP parsers keep, so a captured
+    # (timestamp, sign) pair plus e.g. U+00A0 would verify yet pass the replay guard as a new signature.
+    if not hmac.compare_digest(expected, sent.encode("utf-8", "surrogateescape")):
         raise CallbackRejected(403, "bad sign")
     if abs(now * 1000 - int(timestamp)) > window * 1000:
         raise CallbackRejected(403, "timestamp outside the accepted window (replay or clock skew)")

@@ -149,7 +149,8 @@ class WeChatAdapter:
         try:
             check_signature(secrets.token, request.query, now, self._config.timestamp_window)
             q = request.query
-            if not self._replays.admit(q.get("signature", ""), q.get("nonce", ""), body):
+            # Keyed on the signature as verified (hex, any case): an upper-cased copy is the same signed query.
+            if not self._replays.admit(q.get("signature", "").lower(), q.get("nonce", ""), body):
                 raise CallbackRejected(403, "signed query replayed with another body")
             xml, encrypted = plaintext_xml(body, request.query, bot.mode, crypto)
             parsed = parse(xml)
