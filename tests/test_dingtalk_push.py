@@ -109,3 +109,22 @@ def test_two_entries_for_one_app_are_refused_with_the_key_path() -> None:
     bots["b"] = dict(bots["a"])
     with pytest.raises(ConfigError, match="same client_id"):
         dingtalk.create({"enabled": True, "bots": bots}, DT_ENV)
+
+
+async def test_a_push_to_a_user_known_only_by_the_opaque_sender_id_says_why_it_cannot_be_sent(
+    start: Factory, api: FakeDingTalkAPI, stream: FakeDingTalkStream
+) -> None:
+    async with start(section(api, stream)) as (runtime, _):
+        now = time.time()
+        person = Target(  # a sender without a staffId: sender_id is DingTalk's opaque senderId
+            platform="dingtalk", bot_id="main", chat_id="cid-ext", chat_kind=ChatKind.DIRECT, user_id="$:LWCP_v1:$x9"
+        )
+        await runtime.outbox.enqueue([push(person, "hello", "push-4")], now=now, deadline=now + 3600)
+        runtime.sender.wake()
+        for _ in range(500):
+            if dead := await runtime.outbox.dead_letters():
+                break
+            await asyncio.sleep(0.02)
+    [letter] = dead
+    assert "no staffId" in letter.reason
+    assert api.robot_messages == []  # the opaque id was never sent to batchSend as a userId

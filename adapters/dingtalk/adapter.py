@@ -305,7 +305,10 @@ class DingTalkAdapter:
         if target.chat_kind is ChatKind.GROUP:
             query = await api.group_send(robot_code, target.chat_id, key, param)
             return SendReceipt(platform_msg_id=query)
-        staff_id = (ref.staff_id if ref else "") or reach.get("staff_id") or target.user_id
+        # target.user_id is the staffId when DingTalk gave one, else the opaque "$:LWCP_v1:$..." senderId,
+        # which the OpenAPI does not take as a userId.
+        fallback = "" if target.user_id.startswith("$:") else target.user_id
+        staff_id = (ref.staff_id if ref else "") or reach.get("staff_id") or fallback
         if not staff_id:
             raise PermanentSendError("this user has no staffId, so only a live sessionWebhook could reach them")
         result = await api.batch_send(robot_code, [staff_id], key, param)
