@@ -111,7 +111,7 @@ async def test_valid_sign_is_accepted_and_published(harness: Harness) -> None:
 
 
 async def test_a_signed_header_pair_carries_one_body_only(harness: Harness) -> None:
-    headers = signed()
+    headers = signed(int(NOW * 1000) - 6_000)  # captured 6 s ago: past the same-millisecond grace
     assert (await harness.post(message(), headers))[0] == 200
     assert (await harness.post(message(), headers))[0] == 200  # DingTalk's own retry: identical request
     forged = message()
@@ -122,6 +122,16 @@ async def test_a_signed_header_pair_carries_one_body_only(harness: Harness) -> N
         varied = {**headers, "sign": headers["sign"] + space}
         assert (await harness.post(forged, varied))[0] == 403, repr(space)
     assert [m.msg_id for _, m in harness.published] == ["msg-1", "msg-1"]  # the journal dedupes the retry
+
+
+async def test_two_genuine_callbacks_in_one_millisecond_are_both_taken(harness: Harness) -> None:
+    headers = signed()  # DingTalk signs only the timestamp: same-millisecond callbacks share this pair
+    first, second = message(), message()
+    second["msgId"], second["text"] = "msg-2", {"content": "a second message in the same ms"}
+    assert (await harness.post(first, headers))[0] == 200
+    assert (await harness.post(second, headers))[0] == 200
+    assert (await harness.post(second, headers))[0] == 200  # and DingTalk's retry of it
+    assert [m.msg_id for _, m in harness.published] == ["msg-1", "msg-2", "msg-2"]
 
 
 @pytest.mark.parametrize("skew_ms", [-int(WINDOW * 1000), int(WINDOW * 1000)])

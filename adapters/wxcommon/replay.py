@@ -19,10 +19,15 @@ class ReplayGuard:
         self._ttl = ttl
         self._capacity = capacity
         self._clock = clock
-        self._seen: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, tuple[frozenset[bytes], float]] = collections.OrderedDict()
 
-    def admit(self, signature: str, nonce: str, body: bytes) -> bool:
-        """False when this signed query was seen before with a different body."""
+    def admit(self, signature: str, nonce: str, body: bytes, *, may_add: bool = False) -> bool:
+        """False when this signed query was seen before with a different body.
+
+        `may_add`: the caller knows a second genuine body is plausible for this query right now (DingTalk signs
+        only a millisecond timestamp, so two callbacks in one millisecond share it); the body is then admitted
+        and remembered too, so its own retries pass later.
+        """
         now = self._clock()
         while self._seen:
             _, (_, at) = next(iter(self._seen.items()))
@@ -33,6 +38,11 @@ class ReplayGuard:
         digest = hashlib.sha256(body).digest()
         seen = self._seen.get(key)
         if seen is not None:
-            return seen[0] == digest
-        self._seen[key] = (digest, now)
+            if digest in seen[0]:
+                return True
+            if not may_add:
+                return False
+            self._seen[key] = (seen[0] | {digest}, seen[1])
+            return True
+        self._seen[key] = (frozenset({digest}), now)
         return True
