@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters.base import AdapterState
 from adapters.dingtalk import callback
 from adapters.dingtalk.callback import ROUTE, CallbackRejected, make_handler, signature, verify_and_parse
 from adapters.dingtalk.wire import BotMessage
 from gateway.errors import BackpressureError
+from gateway.host import NamespacedState
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.sqlite_db import SqliteDatabase
+from gateway.store.sqlite_kv import SqliteKeyValueStore
 from tests.fakes.dingtalk_api import APP_SECRET
 
 NOW = 1_767_323_045.0  # seconds
@@ -66,8 +73,9 @@ class Harness:
             return resp.status, json.loads(text) if text else None
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def running(state: AdapterState | None = None) -> AsyncIterator[Harness]:
+    """The callback handler served on 127.0.0.1 (a fresh handler each time: a restart when `state` is shared)."""
     secrets = {"bot1": APP_SECRET, "streambot": None}
     holder: list[Harness] = []
 
@@ -84,6 +92,7 @@ async def harness() -> AsyncIterator[Harness]:
         timestamp_window=WINDOW,
         clock=lambda: NOW,
         accepting=lambda: holder[0].accepting,
+        state=state,
     )
     app = web.Application()
     app.router.add_post(ROUTE, handler)
@@ -92,10 +101,36 @@ async def harness() -> AsyncIterator[Harness]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as http:
-        holder.append(Harness(f"http://127.0.0.1:{port}", http))
-        yield holder[0]
-    await runner.cleanup()
+    try:
+        async with aiohttp.ClientSession() as http:
+            holder.append(Harness(f"http://127.0.0.1:{port}", http))
+            yield holder[0]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    async with running() as h:
+        yield h
+
+
+async def test_a_restart_does_not_reopen_a_captured_pair_for_another_body(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "state.sqlite3")
+    await db.open(MIGRATIONS)
+    state = NamespacedState(SqliteKeyValueStore(db), "dingtalk")
+    headers = signed(int(NOW * 1000) - 6_000)
+    forged = message()
+    forged["msgId"], forged["text"] = "msg-forged", {"content": "make me an admin"}
+    async with running(state) as before:
+        assert (await before.post(message(), headers))[0] == 200
+    async with running(state) as after:  # a new process: its in-memory guard is empty
+        assert (await after.post(forged, headers))[0] == 403
+        assert (await after.post(message(), headers))[0] == 200  # DingTalk's retry of the real one still passes
+        assert [m.msg_id for _, m in after.published] == ["msg-1"]
+    async with running() as forgetful:  # what a guard without durable state would have let through
+        assert (await forgetful.post(forged, headers))[0] == 200
+    await db.close()
 
 
 def test_signature_matches_the_documented_formula() -> None:

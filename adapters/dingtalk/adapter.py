@@ -197,6 +197,7 @@ class DingTalkAdapter:
             timestamp_window=self._config.timestamp_window,
             clock=self._clock,
             accepting=accepting,
+            state=self._state(),
         )
 
     async def _accept(self, bot_id: str, message: BotMessage, *, refusable: bool = True) -> None:

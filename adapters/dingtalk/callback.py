@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from pydantic import ValidationError
 
-from adapters.base import Handler
+from adapters.base import AdapterState, Handler
 from adapters.dingtalk.wire import BotMessage, parse_bot_message
 from adapters.httpio import read_bounded
 from adapters.wxcommon.replay import ReplayGuard
@@ -60,6 +60,36 @@ class CallbackRejected(Exception):
 
 
 SAME_MILLISECOND_GRACE = 5.0  # seconds after its timestamp a header pair may carry one more body
+
+
+class CallbackReplays:
+    """Which bodies each signed header pair carried: in memory, and in the adapter's durable state when
+    given, so a restart (even kill -9) does not reopen the window for replaying a captured pair."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float], state: AdapterState | None = None) -> None:
+        self._memory = ReplayGuard(ttl=ttl)
+        self._ttl = ttl
+        self._clock = clock
+        self._state = state
+
+    async def check(self, bot_id: str, stamp: str, body: bytes) -> None:
+        """Raise CallbackRejected(403) when this (verified) pair already carried another body.
+
+        Within a few seconds of its timestamp another body is taken as a second genuine callback of the same
+        millisecond (at 50 callbacks/s that happens about once a second); later it is a replay.
+        """
+        fresh = self._clock() - int(stamp) / 1000 <= SAME_MILLISECOND_GRACE
+        key = f"{bot_id}\x1f{stamp}"  # the sign is a function of the timestamp: it adds nothing to the key
+        digest = hashlib.sha256(body).digest()
+        stored = await self._state.get(f"replay:{key}") if self._state is not None else None
+        for earlier in (stored or "").split(","):  # bodies this pair carried before a restart count too
+            if earlier:
+                self._memory.admit_digest("", key, bytes.fromhex(earlier), may_add=True)
+        if not self._memory.admit_digest("", key, digest, may_add=fresh):
+            raise CallbackRejected(403, "signature reused with another body (replay)")
+        if self._state is not None and digest.hex() not in (stored or "").split(","):
+            value = ",".join(filter(None, [stored, digest.hex()]))
+            await self._state.put(f"replay:{key}", value, ttl=self._ttl)
 
 
 def signature(timestamp: str, secret: str) -> str:
@@ -113,11 +143,12 @@ def make_handler(
     timestamp_window: float,
     clock: Callable[[], float] = time.time,
     accepting: Callable[[], bool] = lambda: True,
+    state: AdapterState | None = None,
 ) -> Handler:
     """The aiohttp handler for ROUTE. `publish` runs only for verified, well-formed messages; when it
     returns, DingTalk gets 200 `{"msgtype":"empty"}` (the answer follows through the sessionWebhook)."""
 
-    replays = ReplayGuard(ttl=2 * timestamp_window)
+    replays = CallbackReplays(2 * timestamp_window, clock, state)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         bot_id = request.match_info.get("bot_id", "")
@@ -133,12 +164,7 @@ def make_handler(
             body, too_large = await read_bounded(request.content, max_body_bytes)
             if too_large:
                 raise CallbackRejected(413, f"body larger than {max_body_bytes} bytes")
-            stamp = request.headers.get(TIMESTAMP_HEADER, "")
-            # Within a few seconds of its timestamp a reused header pair is taken as a second genuine callback
-            # of the same millisecond (at 50 callbacks/s that happens about once a second); later it is a replay.
-            fresh = clock() - int(stamp) / 1000 <= SAME_MILLISECOND_GRACE
-            if not replays.admit(request.headers.get(SIGN_HEADER, ""), f"{bot_id}\x1f{stamp}", body, may_add=fresh):
-                raise CallbackRejected(403, "signature reused with another body (replay)")
+            await replays.check(bot_id, request.headers.get(TIMESTAMP_HEADER, ""), body)
             message = parse_body(body, max_body_bytes)
         except CallbackRejected as exc:
             return _reject(bot_id, exc)

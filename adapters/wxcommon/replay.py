@@ -28,6 +28,10 @@ class ReplayGuard:
         only a millisecond timestamp, so two callbacks in one millisecond share it); the body is then admitted
         and remembered too, so its own retries pass later.
         """
+        return self.admit_digest(signature, nonce, hashlib.sha256(body).digest(), may_add=may_add)
+
+    def admit_digest(self, signature: str, nonce: str, digest: bytes, *, may_add: bool = False) -> bool:
+        """`admit` for a body known by its SHA-256 digest (e.g. one recorded before a restart)."""
         now = self._clock()
         while self._seen:
             _, (_, at) = next(iter(self._seen.items()))
@@ -35,7 +39,6 @@ class ReplayGuard:
                 break
             self._seen.popitem(last=False)
         key = f"{signature}\x1f{nonce}"
-        digest = hashlib.sha256(body).digest()
         seen = self._seen.get(key)
         if seen is not None:
             if digest in seen[0]:
