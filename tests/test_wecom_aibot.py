@@ -15,7 +15,7 @@ from adapters.base import PublishResult
 from adapters.wecom import aibot_wire as wire
 from adapters.wecom.aibot import AIBotConnection
 from adapters.wecom.aibot_wire import AIBotSettings
-from gateway.errors import BackpressureError, PermanentSendError, RateLimited, TransientSendError
+from gateway.errors import PermanentSendError, RateLimited, TransientSendError
 from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMessage, Target, reply_target
 from tests.fakes.wecom_aibot_server import (
     ERR_STREAM_EXPIRED,
@@ -52,6 +52,8 @@ class Host:
     async def publish(self, msg: InboundMessage, *, refusable: bool = True) -> PublishResult:
         if self.fail_with is not None:
             raise self.fail_with
+        if refusable:  # WeCom never redelivers a long-connection callback: refusing one would lose it
+            raise AssertionError("an AI-bot message was published as refusable")
         self.published.append(msg)
         return PublishResult(inbound_id=len(self.published), duplicate=False)
 
@@ -156,7 +158,7 @@ async def test_publish_failure_answers_busy_with_a_finished_stream(
     server: FakeAIBotServer, host: Host, start: Start
 ) -> None:
     await start()
-    host.fail_with = BackpressureError("full")
+    host.fail_with = OSError("disk full")  # backpressure cannot refuse it (not refusable): storage can fail
     req_id = server.push(text_callback("hi"))
     await eventually(lambda: len(server.frames("aibot_respond_msg", req_id)) == 1, what="busy reply")
     stream = server.frames(req_id=req_id)[0].stream

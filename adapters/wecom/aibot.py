@@ -267,8 +267,10 @@ class AIBotConnection:
             log.warning("wecom aibot %s: callback without msgid or sender ignored", self._platform_bot_id)
             return
         try:
-            await host.publish(msg)
-        except Exception as exc:  # WeCom never redelivers a long-connection callback: tell the user
+            # WeCom never redelivers a long-connection callback: journal it even while draining or over the
+            # backlog cap (the journal is the buffer), as adapters.base asks of such platforms.
+            await host.publish(msg, refusable=False)
+        except Exception as exc:  # e.g. the disk is full: it is lost, so tell the user
             log.warning("wecom aibot %s: could not accept %s (%s)", self._platform_bot_id, msg.gateway_id, exc)
             busy_id = wire.new_req_id("stream")
             await self._respond(wire.stream_frame(req_id, busy_id, self._s.busy_text, finish=True))
