@@ -109,6 +109,20 @@ async def test_platform_retries_of_an_app_message_start_no_second_turn(
     assert len(wx_api.sends) == 1 and len(fake_llm.chat_requests()) == 1
 
 
+async def test_a_signed_message_with_malformed_fields_is_a_400_not_a_crash(
+    start: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with start(section(wx_api.base_url, hr=APP_BOT)) as (rt, url):
+        driver = CallbackDriver.wecom(url, api=wx_api)
+        fields = driver.message_fields(WECOM_USERID, "text", [("Content", "hi")])
+        fields["MsgId"] = "not-a-number"  # correctly signed and encrypted, but not what WeCom sends
+        bad = await driver.deliver(driver.build_post(fields), retries=0)
+        assert bad.status == 400 and await _stored(rt) == 0
+        assert (await driver.send_text(WECOM_USERID, "fine")).acked  # still serving
+        await wx_api.async_wait_delivered(1)
+    assert len(fake_llm.chat_requests()) == 1
+
+
 async def test_replies_above_the_per_member_limit_are_paced_not_dropped(start: Factory, wx_api: FakeWeChatAPI) -> None:
     wx_api.wecom_per_minute = 3
     pacer = MemberPacer(windows=((60.0, 3),), clock=wx_api.now)  # the platform's clock, which the test moves

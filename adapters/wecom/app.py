@@ -175,14 +175,14 @@ class WeComApps:
         try:
             fields = decrypt_callback(crypto, body, request.query, now, self._config.timestamp_window)
             try:
-                message = message_from(fields)
+                # wechatpy converts fields lazily: a non-numeric MsgId or Location_X fails in to_inbound.
+                msg = to_inbound(bot_id, message_from(fields), datetime.fromtimestamp(now, UTC))
             except CallbackRejected:
                 raise
             except Exception as exc:
                 raise CallbackRejected(400, f"not a WeCom message ({type(exc).__name__})") from None
         except CallbackRejected as exc:
             return _reject(bot_id, exc)
-        msg = to_inbound(bot_id, message, datetime.fromtimestamp(now, UTC))
         if msg is None:
             return web.Response(text="success")
         try:
