@@ -16,11 +16,22 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 from gateway.app import Runtime
 from gateway.config import Settings
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.sqlite_db import SqliteDatabase
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.webhook_peer import CallbackReceiver
 
 BOT_SECRET = b"test-bot-secret-0123456789"
 ENV = {"TEST_BOT_SECRET": BOT_SECRET.decode(), "TEST_LLM_KEY": "sk-test-key-abcdef123456"}
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    """A migrated database in the test's folder (modules with special needs define their own)."""
+    database = SqliteDatabase(tmp_path / "main.sqlite3")
+    await database.open(MIGRATIONS)
+    yield database
+    await database.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -130,6 +131,15 @@ async def test_a_restart_does_not_reopen_a_captured_pair_for_another_body(tmp_pa
         assert [m.msg_id for _, m in after.published] == ["msg-1"]
     async with running() as forgetful:  # what a guard without durable state would have let through
         assert (await forgetful.post(forged, headers))[0] == 200
+
+    fresh = signed()  # two genuine callbacks of one millisecond, arriving together
+    first, second = message(), message()
+    second["msgId"] = "msg-2"
+    async with running(state) as before:
+        statuses = await asyncio.gather(before.post(first, fresh), before.post(second, fresh))
+        assert [s for s, _ in statuses] == [200, 200]
+    remembered = await state.get(f"replay:bot1\x1f{fresh['timestamp']}")
+    assert remembered is not None and len(remembered.split(",")) == 2  # neither write overwrote the other
     await db.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,6 @@ from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase, apply_migrations
 from gateway.store.sqlite_memory import SqliteMemoryStore
 from sessions.memory import MAX_NOTE_CHARS, MemoryStore
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
-    database = SqliteDatabase(tmp_path / "memory.sqlite3")
-    await database.open(MIGRATIONS)
-    yield database
-    await database.close()
 
 
 async def test_add_stores_a_cleaned_note_and_recent_lists_oldest_first(db: SqliteDatabase) -> None:

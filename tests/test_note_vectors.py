@@ -23,7 +23,6 @@ from agent_core.agent.react import SkillAgent
 from agent_core.llm import LiteLLMClient, LLMProfile
 from agent_core.router import WordLlamaEmbedder
 from gateway.memory_runtime import VECTORS_FILE, open_memory
-from gateway.store.migrations import MIGRATIONS
 from gateway.store.note_vectors import NoteVectors, VectorsUnavailable
 from gateway.store.sqlite_db import SqliteDatabase
 from gateway.store.sqlite_memory import SqliteMemoryStore
@@ -62,14 +61,6 @@ class Spawned:
         task = asyncio.create_task(coro, name=name)
         self.tasks.append(task)
         return task
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
-    database = SqliteDatabase(tmp_path / "main.sqlite3")
-    await database.open(MIGRATIONS)
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -82,13 +82,14 @@ class CallbackReplays:
         key = f"{bot_id}\x1f{stamp}"  # the sign is a function of the timestamp: it adds nothing to the key
         digest = hashlib.sha256(body).digest()
         stored = await self._state.get(f"replay:{key}") if self._state is not None else None
-        for earlier in (stored or "").split(","):  # bodies this pair carried before a restart count too
-            if earlier:
-                self._memory.admit_digest("", key, bytes.fromhex(earlier), may_add=True)
+        earlier = {bytes.fromhex(h) for h in (stored or "").split(",") if h}
+        for known in earlier:  # bodies this pair carried before a restart count too
+            self._memory.admit_digest("", key, known, may_add=True)
         if not self._memory.admit_digest("", key, digest, may_add=fresh):
             raise CallbackRejected(403, "signature reused with another body (replay)")
-        if self._state is not None and digest.hex() not in (stored or "").split(","):
-            value = ",".join(filter(None, [stored, digest.hex()]))
+        if self._state is not None and digest not in earlier:
+            # The whole set the guard holds, so concurrent callbacks of one pair do not overwrite each other.
+            value = ",".join(sorted(d.hex() for d in self._memory.digests("", key)))
             await self._state.put(f"replay:{key}", value, ttl=self._ttl)
 
 

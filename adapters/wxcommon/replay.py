@@ -30,6 +30,11 @@ class ReplayGuard:
         """
         return self.admit_digest(signature, nonce, hashlib.sha256(body).digest(), may_add=may_add)
 
+    def digests(self, signature: str, nonce: str) -> frozenset[bytes]:
+        """The body digests admitted so far for this signed query."""
+        seen = self._seen.get(f"{signature}\x1f{nonce}")
+        return seen[0] if seen is not None else frozenset()
+
     def admit_digest(self, signature: str, nonce: str, digest: bytes, *, may_add: bool = False) -> bool:
         """`admit` for a body known by its SHA-256 digest (e.g. one recorded before a restart)."""
         now = self._clock()
