@@ -48,14 +48,25 @@ class Host:
         self.published: list[InboundMessage] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.fail_with: Exception | None = None
+        self.commit: asyncio.Event | None = None  # when set: publishes wait for it, like a slow group commit
+        self.in_flight = self.most_in_flight = 0
 
     async def publish(self, msg: InboundMessage, *, refusable: bool = True) -> PublishResult:
         if self.fail_with is not None:
             raise self.fail_with
         if refusable:  # WeCom never redelivers a long-connection callback: refusing one would lose it
             raise AssertionError("an AI-bot message was published as refusable")
-        self.published.append(msg)
-        return PublishResult(inbound_id=len(self.published), duplicate=False)
+        self.published.append(msg)  # the journal order: fixed before the commit is awaited, as in the runtime
+        inbound_id = len(self.published)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # a commit always suspends the caller
+            if self.commit is not None:
+                await self.commit.wait()
+        finally:
+            self.in_flight -= 1
+        return PublishResult(inbound_id=inbound_id, duplicate=False)
 
     def add_route(self, method: str, path: str, handler: Any) -> None:
         raise AssertionError("the long connection mounts no routes")
@@ -163,6 +174,46 @@ async def test_publish_failure_answers_busy_with_a_finished_stream(
     await eventually(lambda: len(server.frames("aibot_respond_msg", req_id)) == 1, what="busy reply")
     stream = server.frames(req_id=req_id)[0].stream
     assert stream["finish"] is True and stream["content"] == FAST.busy_text
+    assert server.errors == []
+
+
+async def test_callbacks_queued_behind_a_slow_commit_are_journaled_together_in_order(
+    server: FakeAIBotServer, host: Host, start: Start
+) -> None:
+    await start()
+    host.commit = asyncio.Event()
+    first = server.push(text_callback("first", userid="lisi", msgid="m-0"))
+    await eventually(lambda: host.in_flight == 1, what="first publish waiting for its commit")
+    for i in range(1, 12):  # queue up behind it, two users interleaved
+        server.push(text_callback(f"n{i}", userid="lisi" if i % 2 else "wangwu", msgid=f"m-{i}"))
+    await asyncio.sleep(0.2)  # the reader has queued them all; one at a time, none would be publishing yet
+    host.commit.set()
+    await eventually(lambda: len(host.published) == 12, what="all published")
+
+    assert [m.platform_msg_id for m in host.published] == [f"m-{i}" for i in range(12)]
+    assert host.most_in_flight == 11, "the queued callbacks should share one commit, not wait for one each"
+    assert server.frames("aibot_respond_msg") == [] and first
+    assert server.errors == []
+
+
+async def test_a_full_inbox_answers_busy_instead_of_dropping_silently(
+    server: FakeAIBotServer, host: Host, start: Start
+) -> None:
+    await start(inbox_size=2, publish_batch=1)
+    host.commit = asyncio.Event()
+    req_ids = [server.push(text_callback(f"n{i}", msgid=f"m-{i}")) for i in range(8)]
+    # At most one publishing plus two queued can be accepted while the commit hangs.
+    await eventually(lambda: len(server.frames("aibot_respond_msg")) >= 5, what="busy answers")
+    host.commit.set()
+
+    def busy() -> set[str]:
+        return {f.req_id for f in server.frames("aibot_respond_msg")}
+
+    await eventually(lambda: len(busy()) + len(host.published) == 8, what="every callback handled")
+    published = {m.reply_ref for m in host.published}
+    assert busy() | published == set(req_ids) and not busy() & published  # each one: journaled, or told
+    for frame in server.frames("aibot_respond_msg"):
+        assert frame.stream["finish"] is True and frame.stream["content"] == FAST.busy_text
     assert server.errors == []
 
 

@@ -182,7 +182,7 @@ class AIBotConnection:
             try:
                 self._inbox.put_nowait(frame)
             except asyncio.QueueFull:
-                log.error("wecom aibot %s: inbox full, dropping callback %s", self._platform_bot_id, cmd)
+                self._refuse(frame)
             return False
         ack = wire.as_ack(frame)
         fut = self._pending.get(ack.req_id)
@@ -248,13 +248,41 @@ class AIBotConnection:
 
     # ------------------------------------------------------------------ callbacks
     async def _work(self, host: AdapterHost) -> None:
-        """Handle callbacks in arrival order, off the reader so a slow journal never delays ping acks."""
+        """Journal callbacks in arrival order, off the reader so a slow journal never delays ping acks.
+
+        Whatever queued up while the previous batch was being committed is published together: one
+        at a time, each callback waited for its own commit, so a burst drained at one fsync per
+        message and overflowed the inbox. The publishes of a batch start in arrival order and each
+        reaches the journal before it first waits, so journal order (each session's order) is
+        arrival order, and the group commit carries the whole batch.
+        """
         while True:
-            frame = await self._inbox.get()
-            try:
-                await self._dispatch(host, frame)
-            except Exception:
-                log.exception("wecom aibot %s: callback handling failed", self._platform_bot_id)
+            frames = [await self._inbox.get()]
+            while len(frames) < self._s.publish_batch and not self._inbox.empty():
+                frames.append(self._inbox.get_nowait())
+            outcomes = await asyncio.gather(*(self._dispatch(host, f) for f in frames), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    log.error(
+                        "wecom aibot %s: callback handling failed",
+                        self._platform_bot_id,
+                        exc_info=(type(outcome), outcome, outcome.__traceback__),
+                    )
+
+    def _refuse(self, frame: Frame) -> None:
+        """The inbox is full: answer "busy" on the callback's stream instead of dropping it unseen.
+
+        WeCom never redelivers a long-connection callback, so the user is the only one who can retry.
+        The answer needs an ack the reader itself must route, so it runs as a tracked task.
+        """
+        req_id = wire.req_id_of(frame)
+        log.error("wecom aibot %s: inbox full, answering busy to callback %s", self._platform_bot_id, req_id)
+        if frame.get("cmd") == wire.CMD_EVENT_CALLBACK:
+            return  # an event (e.g. enter_chat) carries no message that could be lost
+        busy = wire.stream_frame(req_id, wire.new_req_id("stream"), self._s.busy_text, finish=True)
+        task = asyncio.get_running_loop().create_task(self._respond(busy), name="wecom-aibot-busy")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _dispatch(self, host: AdapterHost, frame: Frame) -> None:
         req_id = wire.req_id_of(frame)

@@ -100,6 +100,7 @@ class AIBotSettings:
     empty_answer_text: str = "(empty answer)"  # WeCom ignores invisible content in a final frame
     bot_name: str = ""  # the bot's display name, when it contains spaces (mention stripping)
     inbox_size: int = 1000
+    publish_batch: int = 64  # callbacks journaled together (one group commit) when they queued up
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
