@@ -228,6 +228,19 @@ async def test_subscribe_gets_the_welcome_and_events_start_no_turn(
     assert len(fake_llm.chat_requests()) == 2
 
 
+async def test_videos_are_journaled_and_answered_not_acked_and_forgotten(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with wechat() as (_, url):
+        driver = CallbackDriver.oa(url, api=wx_api)
+        video = await driver.send_video(OA_OPENID, media_id="vid-1")
+        short = await driver.send_video(OA_OPENID, media_id="vid-2", short=True)
+    assert video.reply is not None and short.reply is not None
+    assert video.reply["Content"] == "echo: [video attachment: vid-1]"
+    assert short.reply["Content"] == "echo: [video attachment: vid-2]"
+    assert len(fake_llm.chat_requests()) == 2
+
+
 @pytest.mark.parametrize(
     ("forge", "status"),
     [

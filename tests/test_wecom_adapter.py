@@ -96,6 +96,18 @@ async def test_app_message_is_acked_at_once_and_answered_by_message_send(
     assert len(fake_llm.chat_requests()) == 1
 
 
+async def test_an_app_video_message_is_journaled_and_answered(
+    start: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with start(section(wx_api.base_url, hr=APP_BOT)) as (_, url):
+        driver = CallbackDriver.wecom(url, api=wx_api)
+        result = await driver.send_video(WECOM_USERID, media_id="vid-9", thumb_media_id="thumb-9")
+        assert result.acked
+        [delivered] = await wx_api.async_wait_delivered(1)
+    assert delivered.content == "echo: [video attachment: vid-9]" and delivered.touser == WECOM_USERID
+    assert len(fake_llm.chat_requests()) == 1
+
+
 async def test_platform_retries_of_an_app_message_start_no_second_turn(
     start: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
 ) -> None:

@@ -95,6 +95,10 @@ def parse(xml: str) -> Parsed:
     return Parsed(message, kind)
 
 
+# Every message type an official account can receive (a video used to be acked and never answered).
+_MESSAGE_TYPES = frozenset({"text", "image", "voice", "video", "shortvideo", "link", "location"})
+
+
 def _kind(message: Any) -> str:
     if message.type == "event":
         event = str(getattr(message, "event", "")).lower()
@@ -105,7 +109,7 @@ def _kind(message: Any) -> str:
         if event == "click":
             return "click"
         return "ignored"
-    return "message" if message.type in ("text", "image", "voice", "link", "location") else "ignored"
+    return "message" if message.type in _MESSAGE_TYPES else "ignored"
 
 
 def platform_msg_id(message: Any) -> str:

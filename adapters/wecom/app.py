@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "wecom"
 ROUTE = "/webhooks/wecom/{bot_id}"
-_MESSAGE_TYPES = frozenset({"text", "image", "voice", "link", "location"})
+_MESSAGE_TYPES = frozenset({"text", "image", "voice", "video", "link", "location"})
 
 
 def decrypt_callback(

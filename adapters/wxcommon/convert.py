@@ -17,6 +17,8 @@ def content_of(m: Any) -> tuple[str, tuple[Attachment, ...]]:
         if m.recognition:  # the platform's speech recognition (when enabled) is what the user said
             return str(m.recognition), ()
         return "", (Attachment(kind="audio", ref=str(m.media_id or ""), mime_type=f"audio/{m.format or 'amr'}"),)
+    if m.type in ("video", "shortvideo"):
+        return "", (Attachment(kind="video", ref=str(m.media_id or "")),)
     if m.type == "link":
         text = "\n".join(p for p in (str(m.title or ""), str(m.description or ""), str(m.url or "")) if p)
         return text, (Attachment(kind="link", ref=str(m.url or ""), name=str(m.title or "")),)

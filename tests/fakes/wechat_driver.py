@@ -288,6 +288,20 @@ class CallbackDriver:
         fields = self.message_fields(user, "image", body, create_time=create_time, msg_id=msg_id)
         return await self.send_fields(fields, forge=forge)
 
+    async def send_video(
+        self,
+        user: str,
+        *,
+        media_id: str = "media_video_1",
+        thumb_media_id: str = "media_thumb_1",
+        short: bool = False,
+        msg_id: int | None = None,
+        forge: Forgery | None = None,
+    ) -> CallbackResult:
+        body: list[tuple[str, Field]] = [("MediaId", media_id), ("ThumbMediaId", thumb_media_id)]
+        fields = self.message_fields(user, "shortvideo" if short else "video", body, msg_id=msg_id)
+        return await self.send_fields(fields, forge=forge)
+
     async def send_voice(
         self,
         user: str,
