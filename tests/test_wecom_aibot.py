@@ -375,6 +375,29 @@ async def test_a_final_whose_ack_was_lost_is_not_shown_twice(server: FakeAIBotSe
     assert server.frames("aibot_send_msg") == []  # no proactive second copy
 
 
+async def test_a_late_ack_of_a_timed_out_update_is_not_taken_for_the_finish(
+    server: FakeAIBotServer, host: Host, start: Start
+) -> None:
+    conn = await start()  # acks are awaited 0.3 s
+    msg = await inbound(server, host, text_callback("tell me"))
+    server.knobs.respond_delay = 0.2  # every ack takes a while...
+    server.knobs.late_acks[msg.reply_ref] = 0.5  # ...and the update's "ok" comes after we gave up on it
+    stream = conn.open_stream(reply_target(msg), "sb-key-0")
+    assert stream is not None
+    await stream.update("thinking...")
+    await eventually(lambda: len(server.frames(req_id=msg.reply_ref)) == 1, what="the update")
+    server.expire(msg.reply_ref, ERR_STREAM_EXPIRED)  # from now on the stream is refused: the final too
+    await asyncio.sleep(0.35)  # the update has timed out; its "ok" is still on the way
+
+    await conn.send(reply(msg, "the answer"))
+
+    finals = [f for f in server.frames(req_id=msg.reply_ref) if f.stream["finish"]]
+    assert len(finals) == 1  # refused, so the answer must go out another way:
+    [proactive] = server.frames("aibot_send_msg")
+    assert proactive.body["markdown"]["content"] == "the answer"
+    assert server.errors == []
+
+
 async def test_send_errors_are_typed(server: FakeAIBotServer, host: Host, start: Start) -> None:
     conn = await start()
     msg = await inbound(server, host, text_callback("hi"))

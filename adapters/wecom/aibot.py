@@ -18,6 +18,7 @@ import time
 import weakref
 from collections.abc import Awaitable
 from contextlib import suppress
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
 
@@ -46,6 +47,14 @@ class _End(Enum):
     REPLACED = "replaced"
 
 
+@dataclass
+class _Owed:
+    """Acks still due on one req_id after their frames timed out."""
+
+    count: int = 0
+    paid: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class AIBotConnection:
     """Receives callbacks into `host.publish` and delivers streamed and final replies for one bot."""
 
@@ -67,6 +76,7 @@ class AIBotConnection:
         self._connected = False
         self._end: _End | None = None
         self._pending: dict[str, asyncio.Future[Ack]] = {}
+        self._owed: dict[str, _Owed] = {}  # acks still due for frames we stopped waiting for
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._inbox: asyncio.Queue[Frame] = asyncio.Queue(self._s.inbox_size)
         self._closing = asyncio.Event()
@@ -160,6 +170,7 @@ class AIBotConnection:
                 if not fut.done():
                     fut.set_exception(LinkDown("connection lost"))
             self._pending.clear()
+            self._owed.clear()  # acks never cross connections
 
     async def _read(self, ws: _Socket) -> None:
         async for msg in ws:
@@ -185,6 +196,14 @@ class AIBotConnection:
                 self._refuse(frame)
             return False
         ack = wire.as_ack(frame)
+        owed = self._owed.get(ack.req_id)
+        if owed is not None and ack.req_id not in self._pending:  # see _settle
+            owed.count -= 1
+            if owed.count <= 0:
+                owed.paid.set()
+                del self._owed[ack.req_id]
+            log.info("wecom aibot %s: late ack for %s absorbed", self._platform_bot_id, ack.req_id)
+            return False
         fut = self._pending.get(ack.req_id)
         if fut is not None and not fut.done():
             fut.set_result(ack)
@@ -223,6 +242,7 @@ class AIBotConnection:
 
     async def _exchange(self, ws: _Socket, frame: Frame, wait: float | None = None) -> Ack:
         req_id = wire.req_id_of(frame)
+        await self._settle(req_id)
         fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         try:
@@ -230,10 +250,32 @@ class AIBotConnection:
                 await ws.send_str(wire.encode(frame))
             except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
                 raise LinkDown(f"send failed: {type(exc).__name__}") from exc
-            return await asyncio.wait_for(fut, self._s.ack_timeout if wait is None else wait)
+            try:
+                return await asyncio.wait_for(fut, self._s.ack_timeout if wait is None else wait)
+            except TimeoutError:
+                if self._ws is ws:
+                    self._owed.setdefault(req_id, _Owed()).count += 1
+                raise
         finally:
             if self._pending.get(req_id) is fut:
                 del self._pending[req_id]
+
+    async def _settle(self, req_id: str) -> None:
+        """Before a frame goes out on `req_id`, give acks still due there one ack timeout to arrive.
+
+        Acks carry nothing but the req_id, and all frames answering a callback share it: a late
+        "ok" for a timed-out update, arriving while the finish waits, would pass for the finish's
+        ack, so a refused final would count as shown and the answer would be lost. Frames on one
+        req_id go one at a time, so waiting here keeps the next frame's ack unambiguous; an ack
+        that never came within the grace is taken as lost.
+        """
+        owed = self._owed.get(req_id)
+        if owed is None:
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(owed.paid.wait(), self._s.ack_timeout)
+        if self._owed.get(req_id) is owed:
+            del self._owed[req_id]
 
     async def _respond(self, frame: Frame) -> None:
         """Best-effort reply (welcome, busy) on a callback's req_id, serialised with its other frames."""

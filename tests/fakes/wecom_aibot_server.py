@@ -70,6 +70,7 @@ class _Knobs:
     respond_delay: float = 0.0
     respond_errcodes: dict[str, int] = field(default_factory=dict)
     drop_acks: set[str] = field(default_factory=set)
+    late_acks: dict[str, float] = field(default_factory=dict)  # req_id -> delay for its next ack only
     send_errcode: int = 0
 
 
@@ -316,7 +317,8 @@ class FakeAIBotServer(ThreadedServer):
         elif cmd in ("aibot_respond_msg", "aibot_respond_welcome_msg", "aibot_send_msg"):
             errcode, errmsg = self._check_reply(cmd, req_id, body)
             if req_id not in self.knobs.drop_acks:
-                self._spawn(self._delayed_ack(conn, req_id, errcode, errmsg))
+                delay = self.knobs.late_acks.pop(req_id, self.knobs.respond_delay)
+                self._spawn(self._delayed_ack(conn, req_id, errcode, errmsg, delay))
         else:
             self._error(f"conn {conn.number}: unknown cmd {cmd!r}")
 
@@ -378,7 +380,7 @@ class FakeAIBotServer(ThreadedServer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _delayed_ack(self, conn: _Conn, req_id: str, errcode: int, errmsg: str) -> None:
-        if self.knobs.respond_delay > 0:
-            await asyncio.sleep(self.knobs.respond_delay)
+    async def _delayed_ack(self, conn: _Conn, req_id: str, errcode: int, errmsg: str, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         await self._ack(conn, req_id, errcode, errmsg)
