@@ -217,6 +217,23 @@ async def test_a_full_inbox_answers_busy_instead_of_dropping_silently(
     assert server.errors == []
 
 
+async def test_callbacks_still_queued_at_stop_are_journaled_before_it_returns(
+    server: FakeAIBotServer, host: Host, start: Start
+) -> None:
+    conn = await start()
+    host.commit = asyncio.Event()
+    server.push(text_callback("n0", msgid="m-0"))
+    await eventually(lambda: host.in_flight == 1, what="first publish waiting for its commit")
+    for i in range(1, 5):
+        server.push(text_callback(f"n{i}", msgid=f"m-{i}"))
+    await asyncio.sleep(0.1)  # these four wait in the inbox
+    closing = asyncio.create_task(conn.close())
+    await asyncio.sleep(0.1)
+    host.commit.set()  # the journal catches up while the connection is stopping
+    await asyncio.wait_for(closing, 5)
+    assert [m.platform_msg_id for m in host.published] == [f"m-{i}" for i in range(5)]
+
+
 async def test_enter_chat_gets_the_configured_welcome(server: FakeAIBotServer, start: Start) -> None:
     await start(welcome_text="Welcome!")
     req_id = server.push(enter_chat_event())

@@ -118,11 +118,25 @@ class AIBotConnection:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), delay)
         finally:
+            await self._drain_inbox()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = set()
             self._stopped.set()
+
+    async def _drain_inbox(self) -> None:
+        """Journal the callbacks already received before stopping: WeCom will not send them again."""
+        if self._inbox.empty():
+            return
+        try:
+            await asyncio.wait_for(self._inbox.join(), self._s.close_timeout)
+        except TimeoutError:
+            log.error(
+                "wecom aibot %s: stopping with %d callbacks not journaled (the journal is too slow)",
+                self._platform_bot_id,
+                self._inbox.qsize(),
+            )
 
     async def _connect_once(self, host: AdapterHost) -> _End:
         try:
@@ -253,7 +267,7 @@ class AIBotConnection:
             try:
                 return await asyncio.wait_for(fut, self._s.ack_timeout if wait is None else wait)
             except TimeoutError:
-                if self._ws is ws:
+                if self._ws is ws and frame.get("cmd") in wire.REPLY_CMDS:  # other req_ids are never reused
                     self._owed.setdefault(req_id, _Owed()).count += 1
                 raise
         finally:
@@ -302,7 +316,11 @@ class AIBotConnection:
             frames = [await self._inbox.get()]
             while len(frames) < self._s.publish_batch and not self._inbox.empty():
                 frames.append(self._inbox.get_nowait())
-            outcomes = await asyncio.gather(*(self._dispatch(host, f) for f in frames), return_exceptions=True)
+            try:
+                outcomes = await asyncio.gather(*(self._dispatch(host, f) for f in frames), return_exceptions=True)
+            finally:
+                for _ in frames:
+                    self._inbox.task_done()
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     log.error(

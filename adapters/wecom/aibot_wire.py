@@ -48,6 +48,8 @@ CMD_SEND = "aibot_send_msg"
 CMD_MSG_CALLBACK = "aibot_msg_callback"
 CMD_EVENT_CALLBACK = "aibot_event_callback"
 CALLBACK_CMDS = frozenset({CMD_MSG_CALLBACK, CMD_EVENT_CALLBACK})
+# Frames sent on a callback's req_id (every other frame gets a fresh one).
+REPLY_CMDS = frozenset({CMD_RESPOND, CMD_RESPOND_WELCOME})
 
 EVENT_ENTER_CHAT = "enter_chat"
 EVENT_DISCONNECTED = "disconnected_event"
