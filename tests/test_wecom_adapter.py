@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -106,6 +107,23 @@ async def test_an_app_video_message_is_journaled_and_answered(
         [delivered] = await wx_api.async_wait_delivered(1)
     assert delivered.content == "echo: [video attachment: vid-9]" and delivered.touser == WECOM_USERID
     assert len(fake_llm.chat_requests()) == 1
+
+
+async def test_an_app_menu_click_is_a_turn_once_and_other_events_are_none(
+    start: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with start(section(wx_api.base_url, hr=APP_BOT)) as (_, url):
+        driver = CallbackDriver.wecom(url, api=wx_api)
+        entered = await driver.send_event(WECOM_USERID, "enter_agent")
+        stamp = int(time.time())
+        clicks = [
+            await driver.send_event(WECOM_USERID, "click", event_key="DAILY_REPORT", create_time=stamp) for _ in "12"
+        ]
+        assert entered.acked and all(c.acked for c in clicks)
+        [delivered] = await wx_api.async_wait_delivered(1)
+        await asyncio.sleep(0.3)
+    assert delivered.content == "echo: [菜单] DAILY_REPORT" and delivered.touser == WECOM_USERID
+    assert len(fake_llm.chat_requests()) == 1  # the redelivered click (same CreateTime) is the same message
 
 
 async def test_platform_retries_of_an_app_message_start_no_second_turn(

@@ -82,14 +82,16 @@ def _fresh(query: Mapping[str, str], now: float, window: float) -> None:
 
 
 def to_inbound(bot_id: str, message: Any, received_at: datetime) -> InboundMessage | None:
-    """The normalized message, or None for events and types the agent cannot use."""
-    if message.type not in _MESSAGE_TYPES:
+    """The normalized message, or None for events (other than a menu click) and types the agent cannot use."""
+    click = message.type == "event" and getattr(message, "event", "") == "click"
+    if message.type not in _MESSAGE_TYPES and not click:
         return None
     text, attachments = content_of(message)
     return InboundMessage(
         platform=PLATFORM,
         bot_id=bot_id,
-        platform_msg_id=str(message.id),
+        # An event has no MsgId; WeCom's retries of it repeat the sender and CreateTime.
+        platform_msg_id=f"click:{message.source}:{int(message.create_time.timestamp())}" if click else str(message.id),
         chat_id=str(message.source),
         chat_kind=ChatKind.DIRECT,
         sender_id=str(message.source),
