@@ -90,8 +90,7 @@ def to_inbound(bot_id: str, message: Any, received_at: datetime) -> InboundMessa
     return InboundMessage(
         platform=PLATFORM,
         bot_id=bot_id,
-        # An event has no MsgId; WeCom's retries of it repeat the sender and CreateTime.
-        platform_msg_id=f"click:{message.source}:{int(message.create_time.timestamp())}" if click else str(message.id),
+        platform_msg_id=_click_id(message) if click else str(message.id),
         chat_id=str(message.source),
         chat_kind=ChatKind.DIRECT,
         sender_id=str(message.source),
@@ -99,6 +98,12 @@ def to_inbound(bot_id: str, message: Any, received_at: datetime) -> InboundMessa
         attachments=attachments,
         received_at=received_at,
     )
+
+
+def _click_id(event: Any) -> str:
+    """Events have no MsgId; WeCom's retries of one repeat the sender, CreateTime and key (a different
+    menu item clicked within the same second is a different message; the same one is a double click)."""
+    return f"click:{event.source}:{int(event.create_time.timestamp())}:{event.key or ''}"
 
 
 class WeComApps:
