@@ -127,6 +127,21 @@ async def test_a_redelivered_event_starts_no_second_turn(
     assert len(fake_llm.chat_requests()) == 1 and len(api.visible_messages()) == 1
 
 
+async def test_one_message_pushed_again_as_a_new_event_is_answered_once(
+    start: Factory, api: FakeFeishuAPI, ws: FakeFeishuWs, fake_llm: FakeLLM
+) -> None:
+    async with start(section(api, ws)):
+        first = text_event("once", message_id="om_dup", event_id="ev_first")
+        again = text_event("once", message_id="om_dup", event_id="ev_again")  # Feishu's "special case" re-push
+        deliver(api, ws, first)
+        await settled(api, 1)
+        acked = deliver(api, ws, again)
+        await asyncio.sleep(0.5)
+    [ack] = ws.acks(acked, APP_ID)
+    assert ack.code == 200  # acked (it is journaled already), not refused into redelivery
+    assert len(fake_llm.chat_requests()) == 1 and len(api.visible_messages()) == 1
+
+
 async def test_two_feishu_bots_in_one_process(start: Factory, api: FakeFeishuAPI, ws: FakeFeishuWs) -> None:
     fs = section(api, ws)
     fs["bots"]["second"] = {"app_id": APP2, "app_secret_env": "FS_SECRET2"}

@@ -385,7 +385,7 @@ class TinyServer:
     def __init__(self, encrypt_key: str | None, fail_first: int = 0, slow_first: int = 0) -> None:
         self.encrypt_key, self.fail_first, self.slow_first = encrypt_key, fail_first, slow_first
         self.seen: list[str] = []  # event ids, every delivery
-        self.accepted: set[str] = set()  # deduplicated
+        self.accepted: set[str] = set()  # dedup keys (message ids)
         self.rejections: list[tuple[int, str]] = []
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -429,12 +429,14 @@ async def test_driver_against_a_tiny_server_with_redelivery(server: tuple[TinySe
     tiny, url = server
     driver = FeishuCallbackDriver(url, encrypt_key=EK, verification_token=VT, timeout=0.5, retry_schedule=(0.05,) * 4)
     assert (await driver.verify_url("hello")).verified  # unsigned + encrypted, like the real platform
-    result = await driver.send(driver.text_event("hi", event_id="ev-http"))
+    result = await driver.send(driver.text_event("hi", event_id="ev-http", message_id="om_http"))
     # attempt 1: no answer within the timeout; attempt 2: 500; attempt 3: 200 - always the same event_id
     assert [a.status for a in result.attempts] == [None, 500, 200]
-    assert result.acked and tiny.seen == ["ev-http"] * 3 and tiny.accepted == {"ev-http"}
+    assert result.acked and tiny.seen == ["ev-http"] * 3 and tiny.accepted == {"om_http"}
     assert len({a.headers["X-Lark-Request-Nonce"] for a in result.attempts}) == 3  # re-signed every time
-    lower = await driver.send(driver.text_event("case", event_id="ev-lower"), forge=Forgery(lowercase_headers=True))
-    assert lower.acked and "ev-lower" in tiny.accepted
+    lower = await driver.send(
+        driver.text_event("case", event_id="ev-lower", message_id="om_lower"), forge=Forgery(lowercase_headers=True)
+    )
+    assert lower.acked and "om_lower" in tiny.accepted
     forged = await driver.send(driver.text_event("x"), forge=Forgery(bad_signature=True), retry_schedule=(0.01,))
     assert [a.status for a in forged.attempts] == [401, 401] and tiny.rejections[-1] == (401, "bad signature")

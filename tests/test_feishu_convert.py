@@ -59,15 +59,31 @@ def test_text_message_fields() -> None:
         "hi", chat_type="p2p", message_id="om_1", chat_id="oc_9", sender_open_id="ou_u", event_id="ev1"
     )
     msg = must(env)
-    assert (msg.platform, msg.bot_id, msg.platform_msg_id) == ("feishu", "fs1", "ev1")
+    assert (msg.platform, msg.bot_id, msg.platform_msg_id) == ("feishu", "fs1", "om_1")
     assert (msg.chat_id, msg.chat_kind, msg.sender_id, msg.sender_name) == ("oc_9", ChatKind.DIRECT, "ou_u", "")
     assert (msg.reply_ref, msg.received_at, msg.attachments) == ("om_1", NOW, ())
-    assert msg.gateway_id == "feishu/fs1/ev1"
+    assert msg.gateway_id == "feishu/fs1/om_1"
 
 
 def test_redelivery_keeps_the_dedup_key() -> None:
     env = DRIVER.text_event("hi")
-    assert must(env).platform_msg_id == must(json.loads(json.dumps(env))).platform_msg_id == env["header"]["event_id"]
+    assert must(env).platform_msg_id == must(json.loads(json.dumps(env))).platform_msg_id
+
+
+def test_the_same_message_pushed_as_a_new_event_keeps_the_dedup_key() -> None:
+    # Feishu's receive-event page: duplicate pushes can happen; dedupe by message_id, not event_id.
+    first = DRIVER.text_event("hi", message_id="om_7", event_id="ev_a")
+    again = DRIVER.text_event("hi", message_id="om_7", event_id="ev_b")
+    other = DRIVER.text_event("hi", message_id="om_8", event_id="ev_a")
+    assert must(first).platform_msg_id == must(again).platform_msg_id == "om_7"
+    assert must(other).platform_msg_id == "om_8"
+
+
+def test_a_receive_event_without_a_message_id_is_rejected() -> None:
+    env = DRIVER.text_event("hi")
+    env["event"]["message"]["message_id"] = ""
+    with pytest.raises(FeishuCallbackRejected):
+        must(env)
 
 
 def test_sender_name_only_when_the_sender_is_among_the_mentions() -> None:

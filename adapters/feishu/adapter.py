@@ -1,7 +1,8 @@
 """Feishu / Lark adapter: long connection (default) or HTTP callbacks in, replies and streaming cards out.
 
 Inbound events are acked only after `host.publish` journaled them (within Feishu's 3 s; the turn runs
-later) and are deduplicated by `header.event_id`, so redeliveries never start a second turn. Group
+later) and are deduplicated by the message's `message_id` (see convert.py: Feishu may push one message
+again under a new event_id), so redeliveries never start a second turn. Group
 messages that do not concern the bot are acked and dropped before anything is stored.
 Outbound replies use the reply API with a `uuid` derived from the outbox key (a resend after a crash
 cannot show twice), as a JSON 2.0 card so markdown renders; answers still being written after

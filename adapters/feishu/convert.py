@@ -17,9 +17,11 @@ Attachment refs are `"{message_id}:{key}"`: user-sent resources are only downloa
 `GetMessageResourceRequest`), which needs both halves.
 
 Decisions:
-* `platform_msg_id` is `header.event_id`: Feishu redelivers an unacknowledged event (no 200 within 3 s;
-  again at 15 s, 5 min, 1 h, 6 h - protocols.md G) with the same event_id, which is the documented dedup key
-  (protocols.md A2) for every event type, not only messages.
+* `platform_msg_id` is `message.message_id`, not `header.event_id`: Feishu redelivers an unacknowledged
+  event (no 200 within 3 s; again at 15 s, 5 min, 1 h, 6 h - protocols.md G), and the receive event's own
+  page warns that "in special cases" the same message is pushed again as a new event, so idempotency must
+  use message_id and not rely on event_id (open.feishu.cn .../im-v1/message/events/receive). Keyed by
+  event_id, such a push was a new journal row, a second turn and a second reply.
 * `chat_type` "p2p" is a DM; anything else ("group", or a kind added later) is treated as a group, so an
   unknown kind needs an @-mention rather than being answered like a DM.
 * `reply_ref` is the message_id, suffixed with `THREAD_SUFFIX` when the message sits in a topic thread
@@ -89,12 +91,14 @@ def to_inbound(
     if not sender:
         raise FeishuCallbackRejected(400, f"malformed {RECEIVE_EVENT}: sender.sender_id.open_id")
     message = event.message
+    if not message.message_id:
+        raise FeishuCallbackRejected(400, f"malformed {RECEIVE_EVENT}: message.message_id")
     mentions = message.mentions
     text, attachments = _content(message.message_type, message.content, message.message_id, mentions, bot_open_id)
     return InboundMessage(
         platform=PLATFORM,
         bot_id=bot_id,
-        platform_msg_id=event_id,
+        platform_msg_id=message.message_id,
         chat_id=message.chat_id,
         chat_kind=ChatKind.DIRECT if message.chat_type == "p2p" else ChatKind.GROUP,
         sender_id=sender,
