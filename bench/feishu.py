@@ -14,7 +14,7 @@ loop writes them). Figures come from the fake's own ack records: an ack's latenc
 fake writing that delivery to the fake reading its ack frame (both in the fake's loop, so at "max" they
 include the fake's own backlog). The fake redelivers any event not acked 200 within 3 s, as Feishu does.
 Each rate runs with an echo LLM (turns and replies compete with ingest) and a stalled LLM (no turn
-work). After the last ack the gateway is SIGKILLed and every acked event_id is looked up in `inbound`.
+work). After the last ack the gateway is SIGKILLed and every acked event's message_id is looked up in `inbound`.
 
 Part 2, streaming cards (bench/feishu_cards.py): a slow streaming LLM (SlowStreamLLM: a FakeLLM whose paced
 SSE stream also records when its first and last delta were written) writes a long answer in small chunks over a few
@@ -166,9 +166,10 @@ def quiet(plan: Plan) -> None:
 # --------------------------------------------------------------------------- part 1: ack latency
 
 
-def build_events(api: FakeFeishuAPI, count: int, tag: str) -> tuple[list[bytes], list[str]]:
-    """Payload bytes and event_ids; every message is registered with the fake API (so it can be replied to)."""
-    payloads, ids = [], []
+def build_events(api: FakeFeishuAPI, count: int, tag: str) -> tuple[list[bytes], list[str], dict[str, str]]:
+    """Payload bytes, event_ids and each event's message_id (the journal's dedup key); every message is
+    registered with the fake API (so it can be replied to)."""
+    payloads, ids, message_of = [], [], {}
     for i in range(count):
         user = i % USERS
         envelope = text_event(
@@ -177,7 +178,8 @@ def build_events(api: FakeFeishuAPI, count: int, tag: str) -> tuple[list[bytes],
         api.add_event(envelope)
         payloads.append(json.dumps(envelope, ensure_ascii=False).encode())
         ids.append(envelope["header"]["event_id"])
-    return payloads, ids
+        message_of[ids[-1]] = envelope["event"]["message"]["message_id"]
+    return payloads, ids, message_of
 
 
 def push_paced(ws: FakeFeishuWs, payloads: list[bytes], rate: float | None) -> tuple[float, float]:
@@ -252,7 +254,7 @@ def ack_row(plan: Plan, d: Path, llm: FakeLLM, kind: str, rate: float | None) ->
             if kind == "stalled":
                 llm.enqueue("primed")  # only the priming turn gets an answer
             prime(api, ws)
-            payloads, ids = build_events(api, plan.events, d.name)
+            payloads, ids, message_of = build_events(api, plan.events, d.name)
             replies0 = len(api.visible_messages())
             quiet(plan)
             sys0, srv0, own0 = system_busy(), server.cpu_seconds(), self_cpu()
@@ -272,7 +274,7 @@ def ack_row(plan: Plan, d: Path, llm: FakeLLM, kind: str, rate: float | None) ->
             result["metrics"] = {k: v for k, v in metrics.items() if not k.startswith("_")}
         finally:
             server.stop(kill=True)  # a crash right after the last ack
-    acked_ids = result.pop("_acked_ids")
+    acked_ids = [message_of[e] for e in result.pop("_acked_ids")]  # the journal keys messages by message_id
     (d / "acked.txt").write_text("\n".join(acked_ids) + "\n", encoding="utf-8")
     acked, missing = count_missing(d / "data" / "switchboard.sqlite3", d / "acked.txt")
     result["durability"] = {"acked": acked, "missing_after_sigkill": missing}
