@@ -7,14 +7,30 @@ Adapters convert their wire payloads into these and back; nothing platform-speci
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# JSON may carry an unpaired "\\ud800" escape; json.loads keeps it, but it has no UTF-8 form.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Received(_Frozen):
+    """Text from a platform: a lone surrogate becomes U+FFFD, since nothing could store or send it
+    (the journal's JSON encoding fails, and the platform would retry that message for hours)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        if isinstance(value, str) and _LONE_SURROGATE.search(value):
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        return value
 
 
 class ChatKind(enum.StrEnum):
@@ -24,7 +40,7 @@ class ChatKind(enum.StrEnum):
     GROUP = "group"
 
 
-class Attachment(_Frozen):
+class Attachment(_Received):
     """A file the user sent; `ref` is an adapter-opaque handle (download code, media id, URL)."""
 
     kind: Literal["image", "file", "audio", "video", "link", "location", "other"]
@@ -34,7 +50,7 @@ class Attachment(_Frozen):
     size: int | None = None
 
 
-class InboundMessage(_Frozen):
+class InboundMessage(_Received):
     """One message a user sent to a bot, as the core sees it.
 
     `sender_name` is untrusted user-controlled text: never treat it as an instruction.

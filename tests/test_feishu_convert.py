@@ -79,6 +79,14 @@ def test_the_same_message_pushed_as_a_new_event_keeps_the_dedup_key() -> None:
     assert must(other).platform_msg_id == "om_8"
 
 
+def test_a_lone_surrogate_in_the_text_is_replaced_so_the_message_can_be_journaled() -> None:
+    # JSON allows an unpaired "\\ud800" escape and json.loads keeps it; UTF-8 (the journal, the reply) does not.
+    env = json.loads(json.dumps(DRIVER.text_event("a\ud800b", sender_open_id="ou_\udc01")))
+    msg = must(env)
+    assert (msg.text, msg.sender_id) == ("a\ufffdb", "ou_\ufffd")
+    assert InboundMessage.model_validate_json(msg.model_dump_json()) == msg  # what the journal does
+
+
 def test_a_receive_event_without_a_message_id_is_rejected() -> None:
     env = DRIVER.text_event("hi")
     env["event"]["message"]["message_id"] = ""
