@@ -217,6 +217,23 @@ async def test_encrypted_callbacks_are_verified_and_forgeries_store_nothing(
     assert shown.text == "echo: over http"
 
 
+async def test_an_old_format_message_event_is_acked_with_a_warning_once_not_silently(
+    start: Factory, api: FakeFeishuAPI, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.fakes.feishu_callback import FeishuCallbackDriver
+
+    async with start(webhook_section(api)) as rt:
+        url = f"http://127.0.0.1:{rt.port}/webhooks/feishu/hook"
+        driver = FeishuCallbackDriver(url, encrypt_key=ENCRYPT_KEY, verification_token=TOKEN, app_id=APP_ID)
+        for n in range(2):
+            doc = {"uuid": f"u-{n}", "token": TOKEN, "ts": "1700000000.1", "type": "event_callback"}
+            doc["event"] = {"type": "message", "msg_type": "text", "text": "hi", "open_id": "ou_old"}
+            assert (await driver.send(doc, retry_schedule=())).last.status == 200
+    warnings = [r for r in caplog.records if "old-format (v1) message event" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert fake_llm.chat_requests() == []
+
+
 async def test_images_and_files_are_downloaded_into_the_attachment_store_with_a_size_cap(
     start: Factory, api: FakeFeishuAPI, ws: FakeFeishuWs, fake_llm: FakeLLM
 ) -> None:

@@ -66,6 +66,7 @@ class FeishuAdapter:
             for b, bot in config.bots.items()
         }
         self._bot_open_ids: dict[str, str] = {}
+        self._warned_v1: set[str] = set()  # bots already told their app subscribes to v1 message events
         self._links = {
             b: FeishuWsConnection(
                 bot.app_id,
@@ -172,6 +173,7 @@ class FeishuAdapter:
             bot_id, envelope, bot_open_id=bot_open_id, received_at=datetime.fromtimestamp(self._clock(), UTC)
         )
         if msg is None:
+            self._warn_if_old_subscription(bot_id, envelope)
             return
         if not bot_open_id and msg.chat_kind is ChatKind.GROUP:
             # Without our own open_id a mention cannot be recognized: refuse (Feishu redelivers) rather than
@@ -183,6 +185,20 @@ class FeishuAdapter:
         result = await host.publish(msg)
         if msg.attachments and not result.duplicate and self._config.max_attachment_bytes:
             host.spawn(self._download(bot_id, msg), name=f"feishu-download:{msg.platform_msg_id}")
+
+    def _warn_if_old_subscription(self, bot_id: str, envelope: dict[str, Any]) -> None:
+        """A v1 "message" event means the app subscribes with the old event format: every message is acked
+        and none answered, so say so (once per bot) instead of staying silent."""
+        event = envelope.get("event")
+        if "header" in envelope or not isinstance(event, dict) or event.get("type") != "message":
+            return
+        if bot_id not in self._warned_v1:
+            self._warned_v1.add(bot_id)
+            log.warning(
+                "feishu bot %s: received an old-format (v1) message event, which is not answered; subscribe the app"
+                " to im.message.receive_v1 (event format 2.0) in the developer console",
+                bot_id,
+            )
 
     async def _download(self, bot_id: str, msg: InboundMessage) -> None:
         """Fetch the message's resources into the attachment store (after the ack: never delays it)."""
