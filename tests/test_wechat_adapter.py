@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -226,6 +228,63 @@ async def test_subscribe_gets_the_welcome_and_events_start_no_turn(
     assert click.reply is not None and click.reply["Content"] == "echo: [菜单] DAILY_REPORT"
     assert voice.reply is not None and voice.reply["Content"] == "echo: 今天天气怎么样"
     assert len(fake_llm.chat_requests()) == 2
+
+
+async def test_signed_messages_with_unusable_fields_are_a_400_with_nothing_stored(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with wechat(passive_budget=0.3) as (rt, url):
+        driver = CallbackDriver.oa(url, api=wx_api)
+        bad_id = driver.message_fields(OA_OPENID, "text", [("Content", "x")])
+        bad_id["MsgId"] = "not-a-number"  # wechatpy converts it only when read
+        no_id = driver.message_fields(OA_OPENID, "text", [("Content", "x")])
+        del no_id["MsgId"]  # read as 0: every such message would be a duplicate of the first
+        bad_time = driver.message_fields(OA_OPENID, "event", [("Event", "CLICK"), ("EventKey", "K")])
+        bad_time["CreateTime"] = "yesterday"
+        for fields in (bad_id, no_id, bad_time):
+            result = await driver.send_fields(fields)
+            assert result.status == 400, fields
+        assert await _stored(rt) == 0
+        ok = await driver.send_text(OA_OPENID, "still serving")
+        assert ok.status == 200
+        for _ in range(100):
+            if fake_llm.chat_requests():
+                break
+            await asyncio.sleep(0.05)
+    [request] = fake_llm.chat_requests()
+    assert "still serving" in json.dumps(request.messages[-1], ensure_ascii=False)
+
+
+async def test_two_menu_items_clicked_in_the_same_second_are_two_turns(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    async with wechat() as (_, url):
+        driver = CallbackDriver.oa(url, api=wx_api)
+        stamp = int(time.time())
+        first = await driver.send_event(OA_OPENID, "CLICK", event_key="DAILY", create_time=stamp)
+        second = await driver.send_event(OA_OPENID, "CLICK", event_key="WEEKLY", create_time=stamp)
+        again = await driver.send_event(OA_OPENID, "CLICK", event_key="WEEKLY", create_time=stamp)  # a retry
+        for _ in range(100):  # answered passively or pushed, whichever came first
+            if len(fake_llm.chat_requests()) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    assert all(r.status == 200 for r in (first, second, again))
+    prompts = [json.dumps(r.messages[-1], ensure_ascii=False) for r in fake_llm.chat_requests()]
+    assert len(prompts) == 2 and "[菜单] DAILY" in prompts[0] and "[菜单] WEEKLY" in prompts[1]
+
+
+async def test_a_message_arriving_while_draining_is_journaled_not_refused(
+    wechat: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    # WeChat retries 3 times in ~15 s, less than a drain lasts: a 503 then would lose the message.
+    async with wechat(customer_service=True, passive_budget=0.3) as (rt, url):
+        driver = CallbackDriver.oa(url, api=wx_api)
+        rt._accepting = False  # what stop() does first, while turns drain
+        result = await driver.send_text(OA_OPENID, "during the deploy")
+        [entry] = await rt.journal.pending()
+    assert result.acked and result.attempt_count == 1
+    assert entry.message.text == "during the deploy" and fake_llm.chat_requests() == []  # its turn waits for restart
 
 
 async def test_videos_are_journaled_and_answered_not_acked_and_forgotten(

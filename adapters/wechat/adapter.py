@@ -137,7 +137,9 @@ class WeChatAdapter:
         host = self._host
         if secrets is None or bot is None:
             return _reject(bot_id, CallbackRejected(404, "unknown bot"))
-        if host is None or not self._started or not host.is_accepting():
+        # Not refused while draining or over the backlog cap: WeChat retries only 3 times in ~15 s, less
+        # than a drain lasts, so a refused message would be lost. The journal is the buffer (adapters.base).
+        if host is None or not self._started:
             return web.Response(status=503, headers={"Retry-After": "1"}, text="not accepting")
         body, too_large = await read_bounded(request.content, self._config.max_body_bytes)
         if too_large:
@@ -163,6 +165,9 @@ class WeChatAdapter:
             return _xml(render_text_reply(m.source, m.target, bot.welcome, reply_crypto, nonce, now))
         if parsed.kind in ("message", "click"):
             return await self._converse(request, host, bot_id, parsed, now, arrived, reply_crypto, nonce)
+        if parsed.kind == "ignored":
+            m = parsed.message
+            log.info("wechat bot %s: %s %s not handled", bot_id, m.type, getattr(m, "event", "") or "")
         return web.Response(text=SUCCESS)  # unsubscribe, other events, unsupported types: nothing to do
 
     async def _converse(
@@ -177,11 +182,14 @@ class WeChatAdapter:
         nonce: str,
     ) -> web.StreamResponse:
         bot = self._config.bots[bot_id]
-        msg = to_inbound(bot_id, parsed, received_time(now))
+        try:  # wechatpy converts fields when they are read: a bad MsgId or CreateTime fails only here
+            msg = to_inbound(bot_id, parsed, received_time(now))
+        except Exception as exc:
+            return _reject(bot_id, CallbackRejected(400, f"not a WeChat message ({type(exc).__name__})"))
         attempt = self._deliveries.record(msg.gateway_id)
         slot = self._window.open(bot_id, msg.chat_id, msg.platform_msg_id, arrived + bot.passive_budget)
         try:
-            await host.publish(msg)
+            await host.publish(msg, refusable=False)
             if not bot.customer_service:
                 await host.release_parked(reply_target(msg))  # earlier answers waiting for this user
         except BackpressureError:

@@ -113,9 +113,17 @@ def _kind(message: Any) -> str:
 
 
 def platform_msg_id(message: Any) -> str:
-    """Messages dedupe by MsgId; events (which have none) by FromUserName + CreateTime, as WeChat advises."""
+    """Messages dedupe by MsgId; events (which have none) by FromUserName + CreateTime, as WeChat advises,
+    plus the event and its key: two different menu items clicked within one second are two messages.
+
+    Raises ValueError for a message without a MsgId (wechatpy reads a missing one as 0, which would make
+    every such message a duplicate of the first).
+    """
     if message.type == "event":
-        return f"event:{message.source}:{int(message.create_time.timestamp())}"
+        event, key = getattr(message, "event", ""), getattr(message, "key", "") or ""
+        return f"event:{message.source}:{int(message.create_time.timestamp())}:{event}:{key}"
+    if not message.id:
+        raise ValueError("message without MsgId")
     return str(message.id)
 
 
