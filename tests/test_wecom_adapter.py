@@ -126,6 +126,19 @@ async def test_an_app_menu_click_is_a_turn_once_and_other_events_are_none(
     assert len(fake_llm.chat_requests()) == 1  # the redelivered click (same CreateTime) is the same message
 
 
+async def test_an_app_message_arriving_while_draining_is_journaled_not_refused(
+    start: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
+) -> None:
+    # WeCom retries a callback only 3 times within seconds, less than a drain lasts: a 503 would lose it.
+    async with start(section(wx_api.base_url, hr=APP_BOT)) as (rt, url):
+        driver = CallbackDriver.wecom(url, api=wx_api)
+        rt._accepting = False  # what stop() does first, while turns drain
+        result = await driver.send_text(WECOM_USERID, "during the deploy")
+        [entry] = await rt.journal.pending()
+    assert result.acked and result.attempt_count == 1
+    assert entry.message.text == "during the deploy" and fake_llm.chat_requests() == []  # its turn waits for restart
+
+
 async def test_platform_retries_of_an_app_message_start_no_second_turn(
     start: Factory, wx_api: FakeWeChatAPI, fake_llm: FakeLLM
 ) -> None:
