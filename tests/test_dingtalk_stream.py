@@ -288,6 +288,26 @@ async def test_stop_lets_in_flight_messages_ack(fake: FakeDingTalkStream, http: 
     assert fake.violations == []
 
 
+async def test_stop_with_a_stuck_journal_reports_the_message_it_could_not_take(
+    fake: FakeDingTalkStream, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal()
+    journal.gate = asyncio.Event()  # the journal never finishes
+    stop = asyncio.Event()
+    conn = StreamConnection(
+        http, fake.open_url, APP, SECRET, journal, close_timeout=0.2, max_inflight=2, drain_timeout=0.3
+    )
+    task = asyncio.create_task(conn.run(stop))
+    await eventually(lambda: conn.is_connected, what="connected")
+    for i in range(3):
+        fake.push_bot(APP, f"m{i}")
+    await eventually(lambda: len(journal.messages) == 2, what="two in flight, the third held by the reader")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    [error] = [r for r in caplog.records if "not yet journaled" in r.getMessage()]
+    assert error.levelname == "ERROR" and "does not redeliver" in error.getMessage()
+
+
 async def test_burst_of_100_messages_from_20_users(fake: FakeDingTalkStream, start: Start) -> None:
     journal = Journal()
     rng = random.Random(7)

@@ -209,6 +209,14 @@ class StreamConnection:
         deadline = loop.time() + self._drain
         while drain and link.pending and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(link.pending), timeout=left)
+        if drain and link.paused:  # the reader holds a bot message it could not hand over: say so, loudly
+            log.error(
+                "dingtalk stream %s: closing with a received message not yet journaled (%d still being journaled"
+                " after %.1fs); DingTalk does not redeliver bot messages",
+                self.name,
+                len(link.pending),
+                self._drain,
+            )
         with suppress(TimeoutError):
             async with asyncio.timeout(self._close_timeout):
                 await link.outbox.join()
