@@ -12,7 +12,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from adapters.base import Adapter
@@ -161,8 +161,26 @@ class OutboxSender:
             log.exception("adapter %s raised unexpectedly", platform)
             await self._retry(item, TransientSendError(f"internal error: {type(exc).__name__}", code="internal"))
         else:
-            await self._outbox.mark_sent(item.outbox_id, receipt.platform_msg_id, self._clock())
             self._metrics.sent_total.labels(platform=platform).inc()
+            receipt_id = receipt.platform_msg_id
+            await self._record(item, lambda: self._outbox.mark_sent(item.outbox_id, receipt_id, self._clock()))
+
+    async def _record(self, item: OutboxItem, write: Callable[[], Awaitable[None]]) -> None:
+        """Store a delivery's outcome, retrying while storage fails and holding the chat's lane meanwhile.
+
+        Given up, the row would still read as pending with its old retry time, so the next poll would send
+        it again at once, and again on every poll: a reply the platform already took, shown in a loop.
+        """
+        delay = self._settings.base_backoff
+        while True:
+            try:
+                await write()
+                return
+            except Exception:
+                key = item.message.idempotency_key
+                log.exception("could not record the outcome of reply %s; retrying in %.1fs", key, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.max_backoff)
 
     async def _park(self, item: OutboxItem, exc: AwaitingRecipient) -> None:
         """Wait (blocking the chat's lane, so order holds) until released by the adapter or the deadline."""
@@ -171,7 +189,8 @@ class OutboxSender:
             await self._give_up(item, f"recipient never became reachable: {exc}", exc.code or "awaiting_recipient")
             return
         log.info("reply %s parked until its recipient writes again (%s)", item.message.idempotency_key, exc)
-        await self._outbox.mark_retry(item.outbox_id, item.deadline_at, exc.code or "awaiting_recipient", str(exc))
+        code = exc.code or "awaiting_recipient"
+        await self._record(item, lambda: self._outbox.mark_retry(item.outbox_id, item.deadline_at, code, str(exc)))
 
     async def _retry(self, item: OutboxItem, exc: SendError) -> None:
         platform = item.message.target.platform
@@ -187,10 +206,10 @@ class OutboxSender:
             await self._give_up(item, f"deadline passed after {item.attempts + 1} attempts; last: {exc}", exc.code)
             return
         log.info("send of %s failed (%s: %s); retry in %.1fs", item.message.idempotency_key, exc.code, exc, delay)
-        await self._outbox.mark_retry(item.outbox_id, now + delay, exc.code, str(exc))
+        await self._record(item, lambda: self._outbox.mark_retry(item.outbox_id, now + delay, exc.code, str(exc)))
 
     async def _give_up(self, item: OutboxItem, reason: str, code: str) -> None:
         platform = item.message.target.platform
         self._metrics.send_errors_total.labels(platform=platform, code=code or "unknown").inc()
         log.error("dead letter %s: %s", item.message.idempotency_key, reason)
-        await self._outbox.mark_dead(item.outbox_id, reason, code, self._clock())
+        await self._record(item, lambda: self._outbox.mark_dead(item.outbox_id, reason, code, self._clock()))

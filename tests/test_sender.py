@@ -92,3 +92,43 @@ async def test_no_reply_is_sent_twice_when_due_results_arrive_late(tmp_path: Pat
         assert [k for k, n in adapter.sent.items() if n > 1] == []
     finally:
         await db.close()
+
+
+class _FlakyMarkOutbox(SqliteOutbox):
+    """Storage that fails the first writes recording an outcome (e.g. a full disk that an operator then frees)."""
+
+    def __init__(self, db: SqliteDatabase, failures: int) -> None:
+        super().__init__(db)
+        self.failures = failures
+
+    async def mark_sent(self, outbox_id: int, receipt: str, now: float) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("database or disk is full")
+        await super().mark_sent(outbox_id, receipt, now)
+
+
+async def test_a_sent_reply_whose_outcome_cannot_be_stored_is_not_sent_again(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "o.sqlite3")
+    await db.open(MIGRATIONS)
+    try:
+        outbox = _FlakyMarkOutbox(db, failures=3)
+        now = time.time()
+        target = Target(platform="webhook", bot_id="b", chat_id="c1", chat_kind=ChatKind.DIRECT)
+        reply = OutboundMessage(target=target, parts=(MarkdownPart(text="once"),), idempotency_key="k-once")
+        await outbox.enqueue([reply], now=now, deadline=now + 3600)
+        adapter = _RecordingAdapter()
+        settings = SenderSettings(base_backoff=0.05, max_backoff=0.2, idle_poll=0.01)
+        sender = OutboxSender(outbox, {"webhook": adapter}, Metrics(), settings)  # type: ignore[dict-item]
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if (await outbox.stats()).pending == 0:
+                break
+        stop.set()
+        await task
+        assert adapter.sent == {"k-once": 1}  # the old code re-sent it on every poll while the mark failed
+        assert outbox.failures == 0 and (await outbox.stats()).pending == 0
+    finally:
+        await db.close()
