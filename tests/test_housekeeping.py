@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from gateway.housekeeping import run_housekeeping
@@ -9,9 +10,9 @@ from gateway.messages import ChatKind, InboundMessage, MarkdownPart, OutboundMes
 from gateway.store.interfaces import TurnRecord
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite_db import SqliteDatabase
-from gateway.store.sqlite_journal import SqliteJournal
+from gateway.store.sqlite_journal import PRUNE_DONE_SQL, SqliteJournal
 from gateway.store.sqlite_ledger import SqliteTurnLedger
-from gateway.store.sqlite_outbox import SqliteOutbox
+from gateway.store.sqlite_outbox import PRUNE_SENT_SQL, SqliteOutbox
 from sessions.manager import SessionManager
 from sessions.store import SqliteSessionStore
 
@@ -53,3 +54,15 @@ async def test_prunes_only_what_is_old_and_finished(tmp_path: Path) -> None:
         assert (await journal.append(old, session_key_for(old))).duplicate, "within retention: still deduped"
     finally:
         await db.close()
+
+
+async def test_pruning_seeks_the_old_rows_instead_of_scanning_the_tables(db: SqliteDatabase) -> None:
+    # It runs every 30 s on the writer thread: a full scan of a week of messages (~200 ms at a million rows)
+    # would hold up every ack waiting for a journal commit.
+    def plans(conn: sqlite3.Connection) -> list[str]:
+        statements = (PRUNE_DONE_SQL, PRUNE_SENT_SQL)
+        return [" ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, (0.0,))) for sql in statements]
+
+    done, sent = await db.read(plans)
+    assert "USING INDEX inbound_done_at" in done and "SCAN" not in done
+    assert "USING INDEX outbox_sent_at" in sent and "SCAN" not in sent

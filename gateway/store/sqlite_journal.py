@@ -92,7 +92,7 @@ class SqliteJournal:
         """Forget answered messages older than `before`: the dedup window is this retention."""
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM inbound WHERE status = 'done' AND done_at < ?", (before,)).rowcount
+            return conn.execute(PRUNE_DONE_SQL, (before,)).rowcount
 
         return await self._db.write(op)
 
@@ -105,6 +105,7 @@ class SqliteJournal:
         return await self._db.read(op)
 
 
+PRUNE_DONE_SQL = "DELETE FROM inbound WHERE status = 'done' AND done_at < ?"  # index inbound_done_at
 _COLUMNS = "(platform, bot_id, platform_msg_id, session_key, payload, received_at)"
 _Row = tuple[str, str, str, str, str, float]
 _MAX_ROWS_PER_STATEMENT = 500  # 6 parameters each: far below SQLite's variable limit

@@ -31,6 +31,9 @@ def insert_replies(conn: sqlite3.Connection, replies: Sequence[OutboundMessage],
     )
 
 
+PRUNE_SENT_SQL = "DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?"  # index outbox_sent_at
+
+
 class SqliteOutbox:
     """Durable reply queue with per-lane ordering, retries and dead letters."""
 
@@ -159,6 +162,6 @@ class SqliteOutbox:
         """Delete delivered replies older than `before` (dead letters are kept for operators)."""
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (before,)).rowcount
+            return conn.execute(PRUNE_SENT_SQL, (before,)).rowcount
 
         return await self._db.write(op)
