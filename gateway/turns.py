@@ -94,6 +94,7 @@ class TurnRunner:
         self._clock = clock
         self._llm_ready = llm_ready
         self._traces = traces
+        self._suspects = asyncio.Lock()
 
     async def __call__(self, key: SessionKey, inbound_ids: list[int]) -> None:
         entries = await self._journal.load(inbound_ids)
@@ -122,6 +123,16 @@ class TurnRunner:
             await self._commit(key, [entry], POISON_REPLY, (), failed=True)
         if not healthy:
             return
+        if any(e.attempts for e in healthy):
+            # Tried before: it may be what killed the process last time. Such turns run one at a time, so
+            # a crash counts against the message causing it, not against every turn running beside it
+            # (a crash loop would otherwise make innocent messages "poison" after max_attempts restarts).
+            async with self._suspects:
+                await self._attempt(key, healthy)
+        else:
+            await self._attempt(key, healthy)
+
+    async def _attempt(self, key: SessionKey, healthy: Sequence[JournalEntry]) -> None:
         ids = [e.inbound_id for e in healthy]
         await self._journal.begin_attempt(ids)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import aiohttp
@@ -255,6 +256,42 @@ async def test_message_that_keeps_crashing_turns_gets_an_apology_not_a_loop(
         [delivery] = await receiver.async_wait_visible(1)
     assert delivery.body["text"] == POISON_REPLY
     assert fake_llm.chat_requests() == [], "the poisonous turn is not run again"
+
+
+async def test_messages_that_were_running_when_we_died_are_retried_one_at_a_time(
+    runtime_factory: RuntimeFactory, receiver: CallbackReceiver, fake_llm: FakeLLM
+) -> None:
+    # Any of them may be what killed the process: run together, one crash would count against all of them,
+    # and a crash loop would turn innocent messages into poison after max_attempts restarts.
+    from gateway.messages import ChatKind, InboundMessage, session_key_for
+    from gateway.store.migrations import MIGRATIONS
+    from gateway.store.sqlite_db import SqliteDatabase
+    from gateway.store.sqlite_journal import SqliteJournal
+
+    async with runtime_factory() as rt:
+        path = rt.settings.database_path
+    db = SqliteDatabase(path)
+    await db.open(MIGRATIONS)
+    journal = SqliteJournal(db)
+    for n in range(3):
+        msg = InboundMessage(
+            platform="webhook",
+            bot_id="ops",
+            platform_msg_id=f"suspect-{n}",
+            chat_id=f"c{n}",
+            chat_kind=ChatKind.DIRECT,
+            sender_id=f"user-{n}",
+            text=f"question {n}",
+        )
+        appended = await journal.append(msg, session_key_for(msg))
+        await journal.begin_attempt([appended.inbound_id])  # it was running when the last process died
+    await db.close()
+    fake_llm.latency = 0.3
+    async with runtime_factory():
+        await receiver.async_wait_visible(3, seconds=20)
+    starts = sorted(r.received_at for r in fake_llm.chat_requests())
+    assert len(starts) == 3
+    assert all(b - a >= 0.25 for a, b in itertools.pairwise(starts)), starts  # never two at once
 
 
 async def test_busy_port_is_a_clear_config_error(runtime_factory: RuntimeFactory) -> None:
