@@ -134,8 +134,10 @@ class TurnRunner:
 
     async def _attempt(self, key: SessionKey, healthy: Sequence[JournalEntry]) -> None:
         ids = [e.inbound_id for e in healthy]
-        await self._journal.begin_attempt(ids)
         try:
+            # Inside the try: a cancel landing while the count is being written still undoes it (the write
+            # was queued before the first wait, so it commits either way).
+            await self._journal.begin_attempt(ids)
             state = await self._sessions.load(key)
             texts = [user_text(e.message) for e in healthy]
             history = [ChatMessage(role=_role(m.role), content=m.content) for m in state.history]

@@ -53,6 +53,24 @@ async def test_append_dedupes_and_returns_first_id(db: SqliteDatabase) -> None:
     assert pending[0].session_key == key
 
 
+async def test_an_unreadable_journal_row_is_skipped_and_reported_not_fatal(
+    db: SqliteDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = SqliteJournal(db)
+    good, bad = inbound("good"), inbound("bad", user="u2")
+    good_id = (await journal.append(good, session_key_for(good))).inbound_id
+    bad_id = (await journal.append(bad, session_key_for(bad))).inbound_id
+
+    def corrupt(conn: sqlite3.Connection) -> None:  # e.g. written by a newer version with another schema
+        conn.execute("UPDATE inbound SET payload = '{\"platform\": 7}' WHERE id = ?", (bad_id,))
+
+    await db.write(corrupt)
+    assert [e.inbound_id for e in await journal.pending()] == [good_id]  # start-up resume still works
+    assert await journal.load([bad_id, good_id]) == await journal.pending()  # its session's turn does not loop
+    assert any(str(bad_id) in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert await journal.count_pending() == 2  # kept, not silently deleted
+
+
 async def test_concurrent_appends_are_group_committed(db: SqliteDatabase) -> None:
     journal = SqliteJournal(db)
     msgs = [inbound(f"m{i}", user=f"u{i % 7}") for i in range(300)]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from collections.abc import Sequence
 
 from gateway.messages import InboundMessage, SessionKey
 from gateway.store.interfaces import AppendResult, JournalEntry
 from gateway.store.sqlite_db import SqliteDatabase
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -32,6 +35,18 @@ def _entry(row: sqlite3.Row | tuple[int, str, str, int]) -> JournalEntry:
     )
 
 
+def _entries(rows: Sequence[sqlite3.Row | tuple[int, str, str, int]]) -> list[JournalEntry]:
+    """The rows that still parse. One that does not (e.g. written by a newer version) is left pending and
+    reported, instead of failing the start-up resume or retrying its session's turn forever."""
+    entries = []
+    for row in rows:
+        try:
+            entries.append(_entry(row))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            log.error("journaled message %s cannot be read and is skipped: %s", row[0], str(exc)[:300])
+    return entries
+
+
 class SqliteJournal:
     """Inbound messages keyed by (platform, bot, platform message id)."""
 
@@ -51,7 +66,7 @@ class SqliteJournal:
             rows = conn.execute(
                 "SELECT id, payload, session_key, attempts FROM inbound WHERE status = 'pending' ORDER BY id"
             ).fetchall()
-            return [_entry(r) for r in rows]
+            return _entries(rows)
 
         return await self._db.read(op)
 
@@ -66,7 +81,7 @@ class SqliteJournal:
                 f" WHERE id IN ({marks}) AND status = 'pending' ORDER BY id",
                 ids,
             ).fetchall()
-            return [_entry(r) for r in rows]
+            return _entries(rows)
 
         return await self._db.read(op) if ids else []
 
