@@ -225,33 +225,43 @@ async def test_unfinished_turns_are_resumed_at_start(
     assert delivery.body["text"] == "echo: survive me"
 
 
-async def test_message_that_keeps_crashing_turns_gets_an_apology_not_a_loop(
-    runtime_factory: RuntimeFactory, receiver: CallbackReceiver, fake_llm: FakeLLM
+async def journal_as_if_interrupted(
+    runtime_factory: RuntimeFactory, messages: list[tuple[str, str, str]], attempts: int
 ) -> None:
+    """Leave (message id, user, text) messages in the journal as earlier runs that died `attempts` times
+    inside their turns would have."""
     from gateway.messages import ChatKind, InboundMessage, session_key_for
     from gateway.store.migrations import MIGRATIONS
     from gateway.store.sqlite_db import SqliteDatabase
     from gateway.store.sqlite_journal import SqliteJournal
-    from gateway.turns import POISON_REPLY
 
     async with runtime_factory() as rt:
         path = rt.settings.database_path
     db = SqliteDatabase(path)
     await db.open(MIGRATIONS)
     journal = SqliteJournal(db)
-    msg = InboundMessage(
-        platform="webhook",
-        bot_id="ops",
-        platform_msg_id="poison",
-        chat_id="c9",
-        chat_kind=ChatKind.DIRECT,
-        sender_id="mallory",
-        text="boom",
-    )
-    appended = await journal.append(msg, session_key_for(msg))
-    for _ in range(5):  # five earlier runs died inside this turn
-        await journal.begin_attempt([appended.inbound_id])
+    for message_id, user, text in messages:
+        msg = InboundMessage(
+            platform="webhook",
+            bot_id="ops",
+            platform_msg_id=message_id,
+            chat_id=f"dm-{user}",
+            chat_kind=ChatKind.DIRECT,
+            sender_id=user,
+            text=text,
+        )
+        appended = await journal.append(msg, session_key_for(msg))
+        for _ in range(attempts):
+            await journal.begin_attempt([appended.inbound_id])
     await db.close()
+
+
+async def test_message_that_keeps_crashing_turns_gets_an_apology_not_a_loop(
+    runtime_factory: RuntimeFactory, receiver: CallbackReceiver, fake_llm: FakeLLM
+) -> None:
+    from gateway.turns import POISON_REPLY
+
+    await journal_as_if_interrupted(runtime_factory, [("poison", "mallory", "boom")], attempts=5)
     async with runtime_factory():
         [delivery] = await receiver.async_wait_visible(1)
     assert delivery.body["text"] == POISON_REPLY
@@ -263,29 +273,8 @@ async def test_messages_that_were_running_when_we_died_are_retried_one_at_a_time
 ) -> None:
     # Any of them may be what killed the process: run together, one crash would count against all of them,
     # and a crash loop would turn innocent messages into poison after max_attempts restarts.
-    from gateway.messages import ChatKind, InboundMessage, session_key_for
-    from gateway.store.migrations import MIGRATIONS
-    from gateway.store.sqlite_db import SqliteDatabase
-    from gateway.store.sqlite_journal import SqliteJournal
-
-    async with runtime_factory() as rt:
-        path = rt.settings.database_path
-    db = SqliteDatabase(path)
-    await db.open(MIGRATIONS)
-    journal = SqliteJournal(db)
-    for n in range(3):
-        msg = InboundMessage(
-            platform="webhook",
-            bot_id="ops",
-            platform_msg_id=f"suspect-{n}",
-            chat_id=f"c{n}",
-            chat_kind=ChatKind.DIRECT,
-            sender_id=f"user-{n}",
-            text=f"question {n}",
-        )
-        appended = await journal.append(msg, session_key_for(msg))
-        await journal.begin_attempt([appended.inbound_id])  # it was running when the last process died
-    await db.close()
+    suspects = [(f"suspect-{n}", f"user-{n}", f"question {n}") for n in range(3)]
+    await journal_as_if_interrupted(runtime_factory, suspects, attempts=1)
     fake_llm.latency = 0.3
     async with runtime_factory():
         await receiver.async_wait_visible(3, seconds=20)
