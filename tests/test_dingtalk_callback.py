@@ -143,6 +143,33 @@ async def test_a_restart_does_not_reopen_a_captured_pair_for_another_body(tmp_pa
     await db.close()
 
 
+class _BrokenState:
+    """Durable adapter state whose storage fails (e.g. the disk is full)."""
+
+    async def get(self, key: str) -> str | None:
+        raise OSError("database or disk is full")
+
+    async def put(self, key: str, value: str, *, ttl: float) -> None:
+        raise OSError("database or disk is full")
+
+    async def delete(self, key: str) -> None:
+        raise OSError("database or disk is full")
+
+
+async def test_replay_state_failure_is_a_retryable_503_and_malformed_bodies_leave_no_record(tmp_path: Path) -> None:
+    async with running(_BrokenState()) as broken:  # type: ignore[arg-type]
+        status, _ = await broken.post(message(), signed())
+        assert status == 503 and broken.published == []  # not an unhandled 500; DingTalk may retry
+    db = SqliteDatabase(tmp_path / "state.sqlite3")
+    await db.open(MIGRATIONS)
+    state = NamespacedState(SqliteKeyValueStore(db), "dingtalk")
+    headers = signed()
+    async with running(state) as h:
+        assert (await h.post(b"{not json", headers))[0] == 400
+    assert await state.get(f"replay:bot1\x1f{headers['timestamp']}") is None  # the 400 stored nothing
+    await db.close()
+
+
 def test_signature_matches_the_documented_formula() -> None:
     assert signature("1767323045000", APP_SECRET) == expected_sign("1767323045000")
     assert signature("1", "k") != signature("2", "k") != signature("1", "j")

@@ -165,10 +165,13 @@ def make_handler(
             body, too_large = await read_bounded(request.content, max_body_bytes)
             if too_large:
                 raise CallbackRejected(413, f"body larger than {max_body_bytes} bytes")
+            message = parse_body(body, max_body_bytes)  # before the replay record: a 400 leaves nothing behind
             await replays.check(bot_id, request.headers.get(TIMESTAMP_HEADER, ""), body)
-            message = parse_body(body, max_body_bytes)
         except CallbackRejected as exc:
             return _reject(bot_id, exc)
+        except Exception:  # the replay record could not be read or written: not checked, so not accepted
+            log.exception("could not check dingtalk callback replay for bot %r", bot_id[:64])
+            return web.json_response({"msg": "temporarily unavailable"}, status=503, headers={"Retry-After": "2"})
         try:
             await publish(bot_id, message)
         except BackpressureError:
