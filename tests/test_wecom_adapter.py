@@ -161,6 +161,10 @@ async def test_a_signed_message_with_malformed_fields_is_a_400_not_a_crash(
         fields["MsgId"] = "not-a-number"  # correctly signed and encrypted, but not what WeCom sends
         bad = await driver.deliver(driver.build_post(fields), retries=0)
         assert bad.status == 400 and await _stored(rt) == 0
+        no_id = driver.message_fields(WECOM_USERID, "text", [("Content", "hi")])
+        del no_id["MsgId"]  # wechatpy reads it as 0: every such message would be a duplicate of the first
+        assert (await driver.deliver(driver.build_post(no_id), retries=0)).status == 400
+        assert await _stored(rt) == 0
         assert (await driver.send_text(WECOM_USERID, "fine")).acked  # still serving
         await wx_api.async_wait_delivered(1)
     assert len(fake_llm.chat_requests()) == 1

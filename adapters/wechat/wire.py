@@ -21,7 +21,7 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.replies import TextReply
 
 from adapters.wechat.config import CallbackMode
-from adapters.wxcommon.convert import content_of
+from adapters.wxcommon.convert import content_of, dedup_id
 from adapters.wxcommon.xml import CallbackRejected, parse_xml, sha1_signature
 from gateway.messages import ChatKind, InboundMessage
 
@@ -112,21 +112,6 @@ def _kind(message: Any) -> str:
     return "message" if message.type in _MESSAGE_TYPES else "ignored"
 
 
-def platform_msg_id(message: Any) -> str:
-    """Messages dedupe by MsgId; events (which have none) by FromUserName + CreateTime, as WeChat advises,
-    plus the event and its key: two different menu items clicked within one second are two messages.
-
-    Raises ValueError for a message without a MsgId (wechatpy reads a missing one as 0, which would make
-    every such message a duplicate of the first).
-    """
-    if message.type == "event":
-        event, key = getattr(message, "event", ""), getattr(message, "key", "") or ""
-        return f"event:{message.source}:{int(message.create_time.timestamp())}:{event}:{key}"
-    if not message.id:
-        raise ValueError("message without MsgId")
-    return str(message.id)
-
-
 def to_inbound(bot_id: str, parsed: Parsed, received_at: datetime) -> InboundMessage:
     """The normalized message (always a direct chat with the follower's openid)."""
     m = parsed.message
@@ -134,7 +119,7 @@ def to_inbound(bot_id: str, parsed: Parsed, received_at: datetime) -> InboundMes
     return InboundMessage(
         platform=PLATFORM,
         bot_id=bot_id,
-        platform_msg_id=platform_msg_id(m),
+        platform_msg_id=dedup_id(m),
         chat_id=m.source,
         chat_kind=ChatKind.DIRECT,
         sender_id=m.source,

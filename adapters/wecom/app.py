@@ -28,7 +28,7 @@ from adapters.wecom.config import WeComAppConfig, WeComConfig, WeComSecrets
 from adapters.wecom.errors import map_error
 from adapters.wecom.pacing import MemberPacer
 from adapters.wxcommon.api import ApiClient, fetch_token
-from adapters.wxcommon.convert import content_of
+from adapters.wxcommon.convert import content_of, dedup_id
 from adapters.wxcommon.xml import CallbackRejected, parse_xml
 from gateway.errors import BackpressureError, PermanentSendError, RateLimited, TransientSendError
 from gateway.messages import ChatKind, InboundMessage, OutboundMessage
@@ -90,7 +90,7 @@ def to_inbound(bot_id: str, message: Any, received_at: datetime) -> InboundMessa
     return InboundMessage(
         platform=PLATFORM,
         bot_id=bot_id,
-        platform_msg_id=_click_id(message) if click else str(message.id),
+        platform_msg_id=dedup_id(message),
         chat_id=str(message.source),
         chat_kind=ChatKind.DIRECT,
         sender_id=str(message.source),
@@ -98,12 +98,6 @@ def to_inbound(bot_id: str, message: Any, received_at: datetime) -> InboundMessa
         attachments=attachments,
         received_at=received_at,
     )
-
-
-def _click_id(event: Any) -> str:
-    """Events have no MsgId; WeCom's retries of one repeat the sender, CreateTime and key (a different
-    menu item clicked within the same second is a different message; the same one is a double click)."""
-    return f"click:{event.source}:{int(event.create_time.timestamp())}:{event.key or ''}"
 
 
 class WeComApps:

@@ -7,6 +7,22 @@ from typing import Any
 from gateway.messages import Attachment
 
 
+def dedup_id(message: Any) -> str:
+    """The journal key of a message or event, stable across the platform's retries of it.
+
+    Messages dedupe by MsgId; events (which have none) by FromUserName + CreateTime, as WeChat advises,
+    plus the event and its key: two different menu items clicked within one second are two messages.
+    Raises ValueError for a message without a MsgId: wechatpy reads a missing one as 0, which would make
+    every such message a duplicate of the first.
+    """
+    if message.type == "event":
+        event, key = getattr(message, "event", ""), getattr(message, "key", "") or ""
+        return f"event:{message.source}:{int(message.create_time.timestamp())}:{event}:{key}"
+    if not message.id:
+        raise ValueError("message without MsgId")
+    return str(message.id)
+
+
 def content_of(m: Any) -> tuple[str, tuple[Attachment, ...]]:
     """Text plus attachments; voice uses the platform's speech recognition when present."""
     if m.type == "text":
